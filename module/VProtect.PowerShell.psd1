@@ -1,0 +1,21 @@
+@{
+    RootModule           = 'VProtect.PowerShell.dll'
+    ModuleVersion        = '0.1.0'
+    GUID                 = '3f1c7a52-8d4e-4a8b-9b1e-6d2f0c9a7e41'
+    Author               = 'VProtect.PowerShell contributors'
+    CompanyName          = 'VProtect.PowerShell'
+    Copyright            = '(c) VProtect.PowerShell contributors'
+    Description          = 'Backup and restore of Citrix Hypervisor / XenServer / XCP-ng VMs: XVA and CBT strategies, a user-space NBD client, and a bundled XenServer simulator.'
+    CompatiblePSEditions = @('Core')
+    PowerShellVersion    = '7.4'
+    FormatsToProcess     = @('VProtect.PowerShell.Format.ps1xml')
+    CmdletsToExport      = @()
+    FunctionsToExport    = @()
+    AliasesToExport      = @()
+    VariablesToExport    = @()
+    PrivateData          = @{
+        PSData = @{
+            Tags = @('XenServer', 'XCP-ng', 'CitrixHypervisor', 'Backup', 'CBT', 'NBD', 'PSEdition_Core', 'Windows', 'Linux')
+        }
+    }
+}
