@@ -81,7 +81,7 @@ public class XapiHttpTransferTests
         using var rest = new MemoryStream();
         await download.Content.CopyToAsync(rest, Bounded());
 
-        Assert.Equal(data, first.Concat(rest.ToArray()));
+        Assert.Equal(data, first.Concat(rest.ToArray()).ToArray());
         Assert.Equal("", await download.CompleteAsync(Bounded()));
         Assert.NotNull(seen);
         Assert.Equal("GET", seen!.Method);
