@@ -54,12 +54,28 @@ public sealed class ControlApiTests
         var sha = await GetJson(new Uri(h.Sim.ControlUrl, $"sim/vdi/{uuid}/sha256"));
         Assert.Equal(ExpectedSha(Scenario.DefaultScenario.WebSystemDiskSize, Scenario.DefaultScenario.WebSystemDiskFill), (string)sha["sha256"]!);
 
-        // A guest write at an unaligned offset changes the hash to what the test computes.
-        var extra = new Scenario.ScenarioFill(300_000_001, 200_000, 77);
-        using (var w = await Http.PostAsync(new Uri(h.Sim.ControlUrl, $"sim/vdi/{uuid}/write?offset={extra.Offset}&length={extra.Length}&seed={extra.Seed}"), null))
-            Assert.Equal(HttpStatusCode.OK, w.StatusCode);
+    }
+
+    [Fact]
+    public async Task Guest_writes_change_the_hash_to_what_the_test_computes()
+    {
+        await using var h = await SimHandle.StartAsync("empty");
+        using var c = await h.LoginAsync();
+        var sr = await c.RefByNameAsync("SR", Scenario.DefaultScenario.SharedSr);
+        const long size = 48L << 20;
+        var vdi = V.Str(await c.CallAsync("VDI.create", VdiTests.VdiRecord(sr, size)));
+        var uuid = V.Str(await c.CallAsync("VDI.get_uuid", vdi));
+        Assert.Equal(ExpectedSha(size, []), (string)(await GetJson(new Uri(h.Sim.ControlUrl, $"sim/vdi/{uuid}/sha256")))["sha256"]!);
+        // Unaligned, overlapping writes: the later one wins where they overlap.
+        var fills = new[] { new Scenario.ScenarioFill(3_000_001, 200_000, 77), new Scenario.ScenarioFill(size - 70_000, 70_000, 78) };
+        foreach (var f in fills)
+            using (var w = await Http.PostAsync(new Uri(h.Sim.ControlUrl, $"sim/vdi/{uuid}/write?offset={f.Offset}&length={f.Length}&seed={f.Seed}"), null))
+                Assert.Equal(HttpStatusCode.OK, w.StatusCode);
         var after = await GetJson(new Uri(h.Sim.ControlUrl, $"sim/vdi/{uuid}/sha256"));
-        Assert.Equal(ExpectedSha(Scenario.DefaultScenario.WebSystemDiskSize, [.. Scenario.DefaultScenario.WebSystemDiskFill, extra]), (string)after["sha256"]!);
+        Assert.Equal(ExpectedSha(size, fills), (string)after["sha256"]!);
+        Assert.Equal(size, (long)after["length"]!);
+        using (var w = await Http.PostAsync(new Uri(h.Sim.ControlUrl, $"sim/vdi/{uuid}/write?offset={size - 1}&length=2&seed=1"), null))
+            Assert.Equal(HttpStatusCode.BadRequest, w.StatusCode);
     }
 
     [Fact]

@@ -12,8 +12,8 @@ public sealed class PersistenceTests
             await using (var h = await SimHandle.StartAsync("default", dir))
             {
                 using var c = await h.LoginAsync();
-                var vm = await c.RefByNameAsync("VM", "db-01");
-                disk = (await VdiTests.DiskVdis(c, vm))[0];
+                var vm = await c.RefByNameAsync("VM", "test-paused");
+                disk = (await VdiTests.DiskVdis(c, vm))[0]; // 256 MiB
                 await c.CallAsync("VDI.enable_cbt", disk);
                 s1 = V.Str(await c.CallAsync("VDI.snapshot", disk, new Dictionary<string, object?>()));
                 uuid = V.Str(await c.CallAsync("VDI.get_uuid", disk));

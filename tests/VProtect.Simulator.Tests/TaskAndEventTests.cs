@@ -136,7 +136,7 @@ public sealed class TaskAndEventTests
         await using var h = await SimHandle.StartAsync();
         using var c = await h.LoginAsync();
         Assert.Equal("SESSION_NOT_REGISTERED", (await c.FailsAsync("event.next")).Code);
-        await c.CallAsync("event.register", new object?[] { "vm" });
+        await c.CallAsync("event.register", (object)new object?[] { "vm" });
         var vm = await c.RefByNameAsync("VM", "db-01");
         await c.CallAsync("VM.set_name_description", vm, "changed");
         var events = V.Arr(await c.CallAsync("event.next")).Select(V.Map).ToList();
