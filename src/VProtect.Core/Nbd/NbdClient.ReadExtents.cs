@@ -55,7 +55,7 @@ public sealed partial class NbdClient
                 var head = queue.Dequeue();
                 try
                 {
-                    await head.Task;
+                    await head.Task!;
                     if (head.Zero)
                     {
                         for (long z = 0; z < head.DeliverLength; z += zeroes.Length)
