@@ -39,6 +39,7 @@ public sealed partial class NbdClient
             bool more = await plan.MoveNextAsync();
             while (more || queue.Count > 0)
             {
+                ct.ThrowIfCancellationRequested();
                 while (more && (queue.Count == 0 || inFlight + plan.Current.ReadLength <= window))
                 {
                     var p = plan.Current;
