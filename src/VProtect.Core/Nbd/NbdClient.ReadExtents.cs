@@ -27,8 +27,7 @@ public sealed partial class NbdClient
             CheckRange(e.Offset, e.Length);
             total += e.Length;
         }
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var ct = linked.Token;
+        var ct = cancellationToken;
         long window = Math.Max(RequestSize, _options.MaxBytesInFlight);
         var queue = new Queue<Piece>();
         long inFlight = 0, done = 0;
@@ -83,8 +82,8 @@ public sealed partial class NbdClient
         }
         finally
         {
-            // On failure or cancellation: stop the other reads and wait for them before returning their buffers.
-            linked.Cancel();
+            // On failure or cancellation: wait for reads already sent (bounded by the request timeout; a cancelled
+            // one closes its connection) before their buffers go back to the pool.
             while (queue.Count > 0)
             {
                 var p = queue.Dequeue();

@@ -119,7 +119,7 @@ public sealed class NbdConnection : IAsyncDisposable
         CheckRange(offset, length);
         var p = new Pending(NbdCommand.BlockStatus, offset, length, default);
         await SendCoreAsync(p, NbdCommandFlags.None, default, cancellationToken);
-        await p.Completion.Task;
+        await WaitAsync(p, cancellationToken);
         return p.Extents!;
     }
 
@@ -127,7 +127,23 @@ public sealed class NbdConnection : IAsyncDisposable
     {
         var p = new Pending(command, offset, length, readInto);
         await SendCoreAsync(p, flags, payload, ct);
-        await p.Completion.Task;
+        await WaitAsync(p, ct);
+    }
+
+    /// <summary>
+    /// Waits for the reply. A request cannot be taken back once sent, and the reader may still write into the
+    /// caller's buffer, so giving up early (cancellation) closes the connection and waits for the reader to stop.
+    /// </summary>
+    private async Task WaitAsync(Pending p, CancellationToken ct)
+    {
+        if (!ct.CanBeCanceled) { await p.Completion.Task; return; }
+        try { await p.Completion.Task.WaitAsync(ct); }
+        catch (OperationCanceledException) when (!p.Completion.Task.IsCompleted)
+        {
+            Fail(new NbdConnectionLostException("The NBD connection was closed because a request in flight was cancelled."));
+            try { await _readerLoop.WaitAsync(TimeSpan.FromSeconds(10)); } catch (Exception) { }
+            throw;
+        }
     }
 
     private async Task SendCoreAsync(Pending p, NbdCommandFlags flags, ReadOnlyMemory<byte> payload, CancellationToken ct)
@@ -205,15 +221,12 @@ public sealed class NbdConnection : IAsyncDisposable
         await NbdWire.ReadExactAsync(_stream, header.AsMemory(4, 12), _closing.Token);
         int error = (int)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(4));
         ulong cookie = BinaryPrimitives.ReadUInt64BigEndian(header.AsSpan(8));
-        var p = Take(cookie, remove: true);
-        if (error == 0 && p.Command == NbdCommand.Read)
-        {
-            await ReadPayloadAsync(p.Buffer[..(int)p.Length]);
-            p.Complete();
-        }
+        var p = Take(cookie, remove: false);
+        if (error == 0 && p.Command == NbdCommand.Read) await ReadPayloadAsync(p.Buffer[..(int)p.Length]);
         else if (error == 0 && p.Command == NbdCommand.BlockStatus)
             throw new NbdProtocolException($"a simple success reply to BLOCK_STATUS (cookie {cookie}) carries no extents");
-        else if (error == 0) p.Complete();
+        lock (_gate) _pending.Remove(cookie);
+        if (error == 0) p.Complete();
         else p.Fail(ErrorFor(p, error, null));
     }
 
@@ -306,12 +319,13 @@ public sealed class NbdConnection : IAsyncDisposable
             }
         }
         if (!done) return;
+        // Violations are thrown while the request is still registered, so Fail() fails it with the reason.
+        if (p.Error is null && p.Command == NbdCommand.Read && p.Covered != p.Length)
+            throw new NbdProtocolException($"the reply to READ [{p.Offset}, +{p.Length}) ended after covering only {p.Covered} bytes");
+        if (p.Error is null && p.Command == NbdCommand.BlockStatus && p.Extents is null)
+            throw new NbdProtocolException("the reply to BLOCK_STATUS ended without extents");
         lock (_gate) _pending.Remove(cookie);
         if (p.Error is not null) p.Fail(p.Error);
-        else if (p.Command == NbdCommand.Read && p.Covered != p.Length)
-            throw new NbdProtocolException($"the reply to READ [{p.Offset}, +{p.Length}) ended after covering only {p.Covered} bytes");
-        else if (p.Command == NbdCommand.BlockStatus && p.Extents is null)
-            throw new NbdProtocolException("the reply to BLOCK_STATUS ended without extents");
         else p.Complete();
     }
 
