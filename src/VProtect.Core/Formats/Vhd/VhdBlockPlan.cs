@@ -68,7 +68,14 @@ public sealed class VhdBlockPlan
     public static VhdBlockPlan FromExtents(long diskSize, IEnumerable<Extent> extents, int blockSize = VhdFormat.DefaultBlockSize)
     {
         ValidateGeometry(diskSize, blockSize);
-        var sorted = extents.Where(e => e.Length > 0).OrderBy(e => e.Offset).ToList();
+        // Coalesce first so blocks are visited in strictly ascending order (an extent may end past the next one's start).
+        var sorted = new List<Extent>();
+        foreach (var e in extents.Where(e => e.Length > 0).OrderBy(e => e.Offset))
+        {
+            if (sorted.Count > 0 && e.Offset <= sorted[^1].End)
+                sorted[^1] = new Extent(sorted[^1].Offset, Math.Max(sorted[^1].End, e.End) - sorted[^1].Offset);
+            else sorted.Add(e);
+        }
         var result = new List<VhdPlannedBlock>();
         int sectorsPerBlock = blockSize / VhdFormat.SectorSize;
         int bitmapBytes = VhdFormat.BitmapBytes(blockSize);

@@ -54,16 +54,18 @@ public sealed class VhdFile : IBlockSource, IDisposable
         await ReadExactAsync(handle, name, head, 0, "the VHD footer copy", cancellationToken).ConfigureAwait(false);
 
         VhdFooter footer;
+        bool usedCopy = false;
         try { footer = VhdFooter.Parse(tail, name, length - VhdFormat.FooterSize); }
         catch (BackupFormatException) when (VhdFooter.HasCookie(head))
         {
+            usedCopy = true;
             // Spec: if the footer is damaged, Microsoft products use the copy at offset 0. Its BAT check below still
             // rejects a truncated file.
             footer = VhdFooter.Parse(head, name, 0);
             if (footer.DiskType == VhdDiskType.Fixed)
                 throw;
         }
-        if (footer.DiskType != VhdDiskType.Fixed && VhdFooter.HasCookie(tail) && VhdFooter.HasCookie(head) && !head.AsSpan().SequenceEqual(tail))
+        if (!usedCopy && footer.DiskType != VhdDiskType.Fixed && VhdFooter.HasCookie(tail) && VhdFooter.HasCookie(head) && !head.AsSpan().SequenceEqual(tail))
             throw new BackupFormatException(name, 0, "the VHD footer copy at offset 0 differs from the footer at the end. The image is inconsistent (interrupted write?); do not trust it.");
 
         long size = (long)footer.CurrentSize;

@@ -44,8 +44,6 @@ public static class VhdStreamReader
         if (footer.DiskType == VhdDiskType.Fixed)
             throw new BackupFormatException(sourceName, 60, "a fixed VHD has no block table to stream; read it as a file (VhdFile) or as raw data.");
         long diskSize = (long)footer.CurrentSize;
-        if (target.Length < diskSize)
-            throw new ArgumentException($"The target disk has {target.Length} bytes but the VHD {sourceName} describes {diskSize}; resize the target first.", nameof(target));
         if (footer.DataOffset < VhdFormat.FooterSize || footer.DataOffset % VhdFormat.SectorSize != 0 || footer.DataOffset > 1 << 30)
             throw new BackupFormatException(sourceName, 16, $"VHD footer data offset {footer.DataOffset} does not point to a dynamic header.");
 
@@ -53,6 +51,8 @@ public static class VhdStreamReader
         var headerBytes = new byte[VhdFormat.DynamicHeaderSize];
         await reader.ReadExactlyAsync(headerBytes, "the VHD dynamic header", cancellationToken).ConfigureAwait(false);
         var header = VhdDynamicHeader.Parse(headerBytes, diskSize, sourceName, (long)footer.DataOffset);
+        if (target.Length < diskSize)
+            throw new ArgumentException($"The target disk has {target.Length} bytes but the VHD {sourceName} describes {diskSize}; resize the target first.", nameof(target));
 
         long tableOffset = (long)header.TableOffset;
         await reader.SkipToAsync(tableOffset, "the block table", cancellationToken).ConfigureAwait(false);
