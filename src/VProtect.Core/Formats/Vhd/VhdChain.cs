@@ -47,6 +47,59 @@ public sealed class VhdChain : IBlockSource, IDisposable
         }
     }
 
+    /// <summary>
+    /// Opens <paramref name="newestPath"/> and follows its parent locators (W2ru relative to the child, W2ku
+    /// absolute, MacX file:// URL, then the parent name next to the child) down to a full image. Each parent
+    /// must carry the unique id its child names, so a stale file with the right name is refused.
+    /// </summary>
+    public static async Task<VhdChain> OpenFromNewestAsync(string newestPath, int maxDepth = 256, CancellationToken cancellationToken = default)
+    {
+        var newestFirst = new List<VhdFile>();
+        try
+        {
+            var current = await VhdFile.OpenAsync(newestPath, cancellationToken).ConfigureAwait(false);
+            newestFirst.Add(current);
+            while (current.DiskType == VhdDiskType.Differencing)
+            {
+                if (newestFirst.Count > maxDepth)
+                    throw new BackupFormatException(newestPath, 0, $"chain is deeper than {maxDepth} images (a loop of parent locators?). Merge the chain or open it with an explicit list.");
+                var parentPath = await FindParentAsync(current, cancellationToken).ConfigureAwait(false);
+                var parent = await VhdFile.OpenAsync(parentPath, cancellationToken).ConfigureAwait(false);
+                newestFirst.Add(parent);
+                if (parent.Footer.UniqueId != current.Header!.ParentUniqueId)
+                    throw new BackupFormatException(current.Name, (long)current.Footer.DataOffset + 40,
+                        $"its parent locator points to {parentPath}, whose id {parent.Footer.UniqueId} is not the expected {current.Header.ParentUniqueId}. The parent was replaced or the files were mixed up.");
+                current = parent;
+            }
+            newestFirst.Reverse();
+            return new VhdChain(newestFirst);
+        }
+        catch
+        {
+            foreach (var f in newestFirst) f.Dispose();
+            throw;
+        }
+    }
+
+    private static async Task<string> FindParentAsync(VhdFile child, CancellationToken cancellationToken)
+    {
+        var directory = Path.GetDirectoryName(Path.GetFullPath(child.Name)) ?? ".";
+        var candidates = new List<string>();
+        foreach (var locator in (await child.ReadParentLocatorsAsync(cancellationToken).ConfigureAwait(false)).OrderBy(l => l.Platform switch
+                 { VhdLocatorPlatform.W2ru => 0, VhdLocatorPlatform.W2ku => 1, _ => 2 }))
+        {
+            string path = locator.Path;
+            if (locator.Platform == VhdLocatorPlatform.MacX && Uri.TryCreate(path, UriKind.Absolute, out var uri) && uri.IsFile) path = uri.LocalPath;
+            path = path.Replace('\\', Path.DirectorySeparatorChar);
+            candidates.Add(Path.IsPathRooted(path) ? path : Path.Combine(directory, path));
+        }
+        if (child.Header!.ParentUnicodeName.Length > 0)
+            candidates.Add(Path.Combine(directory, Path.GetFileName(child.Header.ParentUnicodeName.Replace('\\', '/'))));
+        return candidates.FirstOrDefault(File.Exists)
+            ?? throw new BackupFormatException(child.Name, (long)child.Footer.DataOffset + 64,
+                $"parent '{child.Header.ParentUnicodeName}' was not found (tried: {string.Join(", ", candidates.DefaultIfEmpty("no locators"))}). Put the parent next to it or open the chain with an explicit list.");
+    }
+
     public IReadOnlyList<VhdFile> Layers => _layers;
     public VhdFile Newest => _layers[^1];
     public long Length => Newest.Length;
