@@ -75,13 +75,15 @@ internal static class VhdTestKit
 
     /// <summary>Bytes [offset, offset+length) as a disk target that records every write (for streamed applies).</summary>
     public sealed class ModelTarget(byte[] model) : IBlockTarget
+    // Concurrent writes touch disjoint ranges; the counter is the only shared state.
+
     {
         public long Length => model.Length;
         public long BytesWritten { get; private set; }
         public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
         {
             data.Span.CopyTo(model.AsSpan((int)offset));
-            BytesWritten += data.Length;
+            lock (model) BytesWritten += data.Length;
             return ValueTask.CompletedTask;
         }
         public ValueTask WriteZeroesAsync(long offset, long length, CancellationToken cancellationToken)
