@@ -74,9 +74,8 @@ internal static class VhdTestKit
     }
 
     /// <summary>Bytes [offset, offset+length) as a disk target that records every write (for streamed applies).</summary>
+    /// <remarks>Concurrent writes touch disjoint ranges; the counter is the only shared state.</remarks>
     public sealed class ModelTarget(byte[] model) : IBlockTarget
-    // Concurrent writes touch disjoint ranges; the counter is the only shared state.
-
     {
         public long Length => model.Length;
         public long BytesWritten { get; private set; }
