@@ -1,0 +1,254 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Text;
+using VProtect.Core.IO;
+
+namespace VProtect.Core.Formats.Vhd;
+
+/// <summary>
+/// Writes VHDs front to back without seeking, as xapi's vhd-tool does: footer copy @0, dynamic header @512,
+/// parent-locator data (differencing only), BAT, the planned blocks in ascending order, footer. The output
+/// can go straight into an HTTP request body: <see cref="ComputeLength"/> gives its exact size beforehand.
+/// </summary>
+public static class VhdStreamWriter
+{
+    private const long HeaderOffset = VhdFormat.FooterSize;
+    private const long LocatorAreaOffset = HeaderOffset + VhdFormat.DynamicHeaderSize;
+
+    /// <summary>Exact byte length of the dynamic or differencing VHD <see cref="WriteAsync"/> will produce.</summary>
+    public static long ComputeLength(VhdBlockPlan plan, VhdWriteOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(plan);
+        ArgumentNullException.ThrowIfNull(options);
+        long blockBytes = VhdFormat.BitmapBytes(plan.BlockSize) + (long)plan.BlockSize;
+        return TableOffset(options) + VhdFormat.BatBytes(plan.TableEntries) + plan.Blocks.Count * blockBytes + VhdFormat.FooterSize;
+    }
+
+    /// <summary>Exact byte length of a fixed VHD of <paramref name="diskSize"/> bytes (data then footer).</summary>
+    public static long ComputeFixedLength(long diskSize) => diskSize + VhdFormat.FooterSize;
+
+    /// <summary>
+    /// Writes a dynamic VHD (or differencing, when <see cref="VhdWriteOptions.Parent"/> is set) holding the
+    /// planned blocks of <paramref name="source"/>. Sectors outside a block's bitmap are written as zeros, as the
+    /// spec requires. Memory: two block buffers, whatever the disk size.
+    /// </summary>
+    public static async Task WriteAsync(IBlockSource source, VhdBlockPlan plan, Stream output, VhdWriteOptions? options = null,
+        IProgress<TransferProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentNullException.ThrowIfNull(plan);
+        ArgumentNullException.ThrowIfNull(output);
+        options ??= new VhdWriteOptions();
+        if (source.Length != plan.DiskSize)
+            throw new ArgumentException($"The block plan is for a disk of {plan.DiskSize} bytes but the source has {source.Length}.", nameof(plan));
+        long total = ComputeLength(plan, options);
+        var footer = BuildFooter(plan.DiskSize, options, options.Parent is null ? VhdDiskType.Dynamic : VhdDiskType.Differencing, HeaderOffset);
+        var footerBytes = footer.ToArray();
+        long done = 0;
+
+        // Prefix: footer copy, header, locator data, BAT.
+        long tableOffset = TableOffset(options);
+        var locatorData = EncodeLocators(options.Parent, out var locators);
+        var header = new VhdDynamicHeader
+        {
+            TableOffset = (ulong)tableOffset,
+            MaxTableEntries = plan.TableEntries,
+            BlockSize = (uint)plan.BlockSize,
+            ParentUniqueId = options.Parent?.UniqueId ?? Guid.Empty,
+            ParentTimestamp = options.Parent is null ? 0 : VhdFormat.ToTimestamp(options.Parent.ModificationTime),
+            ParentUnicodeName = options.Parent?.Name ?? "",
+            ParentLocators = locators,
+        };
+        var prefix = new byte[VhdFormat.FooterSize + VhdFormat.DynamicHeaderSize];
+        footerBytes.CopyTo(prefix, 0);
+        header.WriteTo(prefix.AsSpan(VhdFormat.FooterSize));
+        await output.WriteAsync(prefix, cancellationToken).ConfigureAwait(false);
+        foreach (var data in locatorData) await output.WriteAsync(data, cancellationToken).ConfigureAwait(false);
+        done += prefix.Length + locatorData.Sum(d => (long)d.Length);
+
+        int bitmapBytes = VhdFormat.BitmapBytes(plan.BlockSize);
+        long blockBytes = bitmapBytes + (long)plan.BlockSize;
+        long batBytes = VhdFormat.BatBytes(plan.TableEntries);
+        var bat = ArrayPool<byte>.Shared.Rent((int)batBytes);
+        try
+        {
+            bat.AsSpan(0, (int)batBytes).Fill(0xFF);
+            long nextSector = (tableOffset + batBytes) / VhdFormat.SectorSize;
+            foreach (var b in plan.Blocks)
+            {
+                if (nextSector > uint.MaxValue - 1)
+                    throw new ArgumentException("The planned VHD would exceed the 2 TiB addressable by its 32-bit block table.", nameof(plan));
+                BinaryPrimitives.WriteUInt32BigEndian(bat.AsSpan((int)b.Index * 4), (uint)nextSector);
+                nextSector += blockBytes / VhdFormat.SectorSize;
+            }
+            await output.WriteAsync(bat.AsMemory(0, (int)batBytes), cancellationToken).ConfigureAwait(false);
+            done += batBytes;
+        }
+        finally { ArrayPool<byte>.Shared.Return(bat); }
+        progress?.Report(new TransferProgress(done, total));
+
+        // Blocks: read block i+1 from the source while block i is being written.
+        var buffers = new[] { ArrayPool<byte>.Shared.Rent((int)blockBytes), ArrayPool<byte>.Shared.Rent((int)blockBytes) };
+        try
+        {
+            Task? pendingRead = null;
+            if (plan.Blocks.Count > 0) pendingRead = FillBlockAsync(source, plan, plan.Blocks[0], buffers[0].AsMemory(0, (int)blockBytes), bitmapBytes, cancellationToken);
+            for (int i = 0; i < plan.Blocks.Count; i++)
+            {
+                await pendingRead!.ConfigureAwait(false);
+                var current = buffers[i & 1];
+                pendingRead = i + 1 < plan.Blocks.Count
+                    ? FillBlockAsync(source, plan, plan.Blocks[i + 1], buffers[(i + 1) & 1].AsMemory(0, (int)blockBytes), bitmapBytes, cancellationToken)
+                    : null;
+                try
+                {
+                    await output.WriteAsync(current.AsMemory(0, (int)blockBytes), cancellationToken).ConfigureAwait(false);
+                }
+                catch
+                {
+                    if (pendingRead is not null) { try { await pendingRead.ConfigureAwait(false); } catch { /* the write failure is the one to report */ } }
+                    throw;
+                }
+                done += blockBytes;
+                progress?.Report(new TransferProgress(done, total));
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffers[0]);
+            ArrayPool<byte>.Shared.Return(buffers[1]);
+        }
+        await output.WriteAsync(footerBytes, cancellationToken).ConfigureAwait(false);
+        done += footerBytes.Length;
+        progress?.Report(new TransferProgress(done, total));
+    }
+
+    /// <summary>Writes a fixed VHD: the raw disk followed by the footer. Holes are written as zeros.</summary>
+    public static async Task WriteFixedAsync(IBlockSource source, Stream output, VhdWriteOptions? options = null,
+        IProgress<TransferProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentNullException.ThrowIfNull(output);
+        options ??= new VhdWriteOptions();
+        if (options.Parent is not null) throw new ArgumentException("A fixed VHD cannot have a parent; write a differencing VHD instead.", nameof(options));
+        long size = source.Length;
+        if (size <= 0 || size % VhdFormat.SectorSize != 0 || size > VhdFormat.MaxDiskSize)
+            throw new ArgumentOutOfRangeException(nameof(source), $"A VHD disk size must be a positive multiple of 512 bytes up to 2040 GiB, got {size}.");
+        long total = ComputeFixedLength(size);
+        const int chunk = 1 << 20;
+        var buffer = ArrayPool<byte>.Shared.Rent(chunk);
+        try
+        {
+            long pos = 0;
+            await foreach (var e in source.GetAllocatedExtentsAsync(0, size, cancellationToken).ConfigureAwait(false))
+            {
+                await WriteZerosAsync(output, e.Offset - pos, buffer, cancellationToken).ConfigureAwait(false);
+                for (pos = e.Offset; pos < e.End;)
+                {
+                    int n = (int)Math.Min(chunk, e.End - pos);
+                    await source.ReadAsync(pos, buffer.AsMemory(0, n), cancellationToken).ConfigureAwait(false);
+                    await output.WriteAsync(buffer.AsMemory(0, n), cancellationToken).ConfigureAwait(false);
+                    pos += n;
+                    progress?.Report(new TransferProgress(pos, total));
+                }
+            }
+            await WriteZerosAsync(output, size - pos, buffer, cancellationToken).ConfigureAwait(false);
+        }
+        finally { ArrayPool<byte>.Shared.Return(buffer); }
+        await output.WriteAsync(BuildFooter(size, options, VhdDiskType.Fixed, ulong.MaxValue).ToArray(), cancellationToken).ConfigureAwait(false);
+        progress?.Report(new TransferProgress(total, total));
+    }
+
+    internal static VhdFooter BuildFooter(long diskSize, VhdWriteOptions options, VhdDiskType type, ulong dataOffset) => new()
+    {
+        DataOffset = dataOffset,
+        Timestamp = VhdFormat.ToTimestamp(options.Timestamp),
+        CreatorApplication = options.CreatorApplication,
+        CreatorVersion = options.CreatorVersion,
+        CreatorHostOs = options.CreatorHostOs,
+        OriginalSize = (ulong)diskSize,
+        CurrentSize = (ulong)diskSize,
+        Geometry = VhdGeometry.ForSize(diskSize),
+        DiskType = type,
+        UniqueId = options.UniqueId,
+    };
+
+    private static long TableOffset(VhdWriteOptions options)
+    {
+        long locatorBytes = 0;
+        if (options.Parent is not null)
+            foreach (var l in options.Parent.Locators) locatorBytes += PaddedLength(EncodeLocatorPath(l).Length);
+        return LocatorAreaOffset + locatorBytes;
+    }
+
+    private static byte[] EncodeLocatorPath(VhdParentPath path) => path.Platform switch
+    {
+        VhdLocatorPlatform.W2ku or VhdLocatorPlatform.W2ru => Encoding.Unicode.GetBytes(path.Path), // UTF-16LE, as Microsoft and blktap write
+        VhdLocatorPlatform.MacX => Encoding.UTF8.GetBytes(path.Path),
+        _ => throw new ArgumentException($"Parent locator platform {path.Platform} is not supported for writing; use W2ku, W2ru or MacX."),
+    };
+
+    private static long PaddedLength(int bytes) => Math.Max(1, (bytes + VhdFormat.SectorSize - 1) / VhdFormat.SectorSize) * (long)VhdFormat.SectorSize;
+
+    private static List<byte[]> EncodeLocators(VhdParentIdentity? parent, out VhdParentLocator[] locators)
+    {
+        var data = new List<byte[]>();
+        locators = Array.Empty<VhdParentLocator>();
+        if (parent is null) return data;
+        if (parent.Locators.Count > VhdDynamicHeader.LocatorCount)
+            throw new ArgumentException($"A VHD holds at most {VhdDynamicHeader.LocatorCount} parent locators.", nameof(parent));
+        locators = new VhdParentLocator[parent.Locators.Count];
+        long offset = LocatorAreaOffset;
+        for (int i = 0; i < parent.Locators.Count; i++)
+        {
+            var bytes = EncodeLocatorPath(parent.Locators[i]);
+            long space = PaddedLength(bytes.Length);
+            // Data space in bytes (what Microsoft and blktap write); readers treat values >= 512 as bytes.
+            locators[i] = new VhdParentLocator(parent.Locators[i].Platform, (uint)space, (uint)bytes.Length, (ulong)offset);
+            var padded = new byte[space];
+            bytes.CopyTo(padded, 0);
+            data.Add(padded);
+            offset += space;
+        }
+        return data;
+    }
+
+    private static async Task FillBlockAsync(IBlockSource source, VhdBlockPlan plan, VhdPlannedBlock block, Memory<byte> buffer,
+        int bitmapBytes, CancellationToken cancellationToken)
+    {
+        var bitmap = buffer[..bitmapBytes];
+        var data = buffer[bitmapBytes..];
+        long blockStart = (long)block.Index * plan.BlockSize;
+        int sectorsInDisk = plan.SectorsInDisk(block.Index);
+        if (block.SectorBitmap is null)
+        {
+            bitmap.Span.Fill(0xFF);
+            int bytes = sectorsInDisk * VhdFormat.SectorSize;
+            await source.ReadAsync(blockStart, data[..bytes], cancellationToken).ConfigureAwait(false);
+            data.Span[bytes..].Clear();
+            return;
+        }
+        block.SectorBitmap.AsSpan(0, bitmapBytes).CopyTo(bitmap.Span);
+        data.Span.Clear();
+        for (int s = 0; s < sectorsInDisk;)
+        {
+            int run = VhdSectorBitmap.RunLength(block.SectorBitmap, s, sectorsInDisk - s, out bool set);
+            if (set)
+                await source.ReadAsync(blockStart + (long)s * VhdFormat.SectorSize,
+                    data.Slice(s * VhdFormat.SectorSize, run * VhdFormat.SectorSize), cancellationToken).ConfigureAwait(false);
+            s += run;
+        }
+    }
+
+    private static async Task WriteZerosAsync(Stream output, long count, byte[] buffer, CancellationToken cancellationToken)
+    {
+        if (count <= 0) return;
+        Array.Clear(buffer);
+        while (count > 0)
+        {
+            int n = (int)Math.Min(buffer.Length, count);
+            await output.WriteAsync(buffer.AsMemory(0, n), cancellationToken).ConfigureAwait(false);
+            count -= n;
+        }
+    }
+}

@@ -1,0 +1,61 @@
+using VProtect.Core.Formats.Vhd;
+using VProtect.Core.IO;
+using Xunit;
+using static VProtect.Core.Tests.Vhd.VhdTestKit;
+
+namespace VProtect.Core.Tests.Vhd;
+
+public class BlockCopierTests
+{
+    [Theory]
+    [InlineData(1, false)]
+    [InlineData(4, false)]
+    [InlineData(3, true)]
+    public async Task Chain_copied_to_a_raw_target_equals_the_model(int concurrency, bool dirtyTarget)
+    {
+        var rng = new Random(concurrency * 10 + (dirtyTarget ? 1 : 0));
+        long size = 18L << 20;
+        var (images, model, _) = await VhdChainTests.BuildChainAsync(rng, size, 3);
+        using var chain = await VhdChainTests.OpenChainAsync(images);
+        var target = new byte[size];
+        if (dirtyTarget) rng.NextBytes(target);
+        var progress = new List<TransferProgress>();
+        long copied = await BlockCopier.CopyAsync(chain, new ModelTarget(target),
+            new BlockCopyOptions { Concurrency = concurrency, ZeroGaps = dirtyTarget, ChunkBytes = 256 * 1024 }, new Recorder(progress));
+        AssertEqualBytes(model, target);
+        long allocated = 0;
+        await foreach (var e in chain.GetAllocatedExtentsAsync(0, size, default)) allocated += e.Length;
+        Assert.Equal(allocated, copied);
+        Assert.Equal(dirtyTarget ? size : allocated, progress.Max(p => p.BytesDone));
+    }
+
+    [Fact]
+    public async Task A_failing_target_fails_the_copy_with_its_own_error()
+    {
+        var disk = new SparseMemoryDisk(32L << 20);
+        await disk.WriteAsync(0, new byte[32 << 20].Select((_, i) => (byte)i).ToArray(), default);
+        var ex = await Assert.ThrowsAsync<IOException>(() => BlockCopier.CopyAsync(disk, new FailingTarget(disk.Length), new BlockCopyOptions { Concurrency = 4 }));
+        Assert.Equal("disk full", ex.Message);
+    }
+
+    [Fact]
+    public async Task A_smaller_target_is_refused_before_copying()
+    {
+        await Assert.ThrowsAsync<ArgumentException>(() => BlockCopier.CopyAsync(new SparseMemoryDisk(4 << 20), new SparseMemoryDisk(2 << 20)));
+    }
+
+    private sealed class Recorder(List<TransferProgress> list) : IProgress<TransferProgress>
+    {
+        public void Report(TransferProgress value) { lock (list) list.Add(value); }
+    }
+
+    private sealed class FailingTarget(long length) : IBlockTarget
+    {
+        private int _writes;
+        public long Length => length;
+        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) =>
+            Interlocked.Increment(ref _writes) > 3 ? ValueTask.FromException(new IOException("disk full")) : ValueTask.CompletedTask;
+        public ValueTask WriteZeroesAsync(long offset, long length, CancellationToken cancellationToken) => ValueTask.CompletedTask;
+        public ValueTask FlushAsync(CancellationToken cancellationToken) => ValueTask.CompletedTask;
+    }
+}

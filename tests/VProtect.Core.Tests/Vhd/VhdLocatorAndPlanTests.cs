@@ -1,0 +1,177 @@
+using System.Buffers.Binary;
+using VProtect.Core.Formats;
+using VProtect.Core.Formats.Vhd;
+using VProtect.Core.IO;
+using Xunit;
+using static VProtect.Core.Tests.Vhd.VhdTestKit;
+
+namespace VProtect.Core.Tests.Vhd;
+
+public class VhdLocatorAndPlanTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("vhd-chain-").FullName;
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private async Task<(List<string> Paths, byte[] Model)> WriteChainFilesAsync(int seed, Func<int, string, IReadOnlyList<VhdParentPath>> locators)
+    {
+        var rng = new Random(seed);
+        var (images, model, _) = await VhdChainTests.BuildChainAsync(rng, 6L << 20, 3);
+        // Re-write the children with locators: BuildChainAsync names parents "layerN.vhd" without locators.
+        var paths = new List<string>();
+        for (int i = 0; i < images.Count; i++)
+        {
+            var path = Path.Combine(_dir, $"layer{i}.vhd");
+            if (i > 0)
+            {
+                using var file = await OpenBytesAsync(images[i]);
+                var plan = VhdBlockPlan.FromExtents(file.Length, await CollectAsync(file));
+                var options = new VhdWriteOptions
+                {
+                    UniqueId = file.Footer.UniqueId,
+                    Parent = new VhdParentIdentity(file.Header!.ParentUniqueId, DateTimeOffset.UtcNow, $"layer{i - 1}.vhd") { Locators = locators(i, paths[i - 1]) },
+                };
+                await using var fs = File.Create(path);
+                await VhdStreamWriter.WriteAsync(file, plan, fs, options);
+            }
+            else await File.WriteAllBytesAsync(path, images[i]);
+            paths.Add(path);
+        }
+        return (paths, model);
+    }
+
+    private static async Task<List<Extent>> CollectAsync(IBlockSource source)
+    {
+        var list = new List<Extent>();
+        await foreach (var e in source.GetAllocatedExtentsAsync(0, source.Length, default)) list.Add(e);
+        return list;
+    }
+
+    [Fact]
+    public async Task Chain_opens_from_the_newest_file_by_relative_locators()
+    {
+        var (paths, model) = await WriteChainFilesAsync(1, (i, parent) => new[]
+        {
+            new VhdParentPath(VhdLocatorPlatform.W2ku, @"D:\elsewhere\" + Path.GetFileName(parent)),
+            new VhdParentPath(VhdLocatorPlatform.W2ru, @".\" + Path.GetFileName(parent)),
+        });
+        using var chain = await VhdChain.OpenFromNewestAsync(paths[^1]);
+        Assert.Equal(4, chain.Layers.Count);
+        AssertEqualBytes(model, await ReadAllAsync(chain));
+    }
+
+    [Fact]
+    public async Task Chain_opens_by_file_url_locators_as_xapi_writes_them()
+    {
+        var (paths, model) = await WriteChainFilesAsync(2, (i, parent) => new[] { new VhdParentPath(VhdLocatorPlatform.MacX, new Uri(parent).AbsoluteUri) });
+        using var chain = await VhdChain.OpenFromNewestAsync(paths[^1]);
+        AssertEqualBytes(model, await ReadAllAsync(chain));
+    }
+
+    [Fact]
+    public async Task Replaced_parent_is_refused_and_missing_parent_is_named()
+    {
+        var (paths, _) = await WriteChainFilesAsync(3, (i, parent) => new[] { new VhdParentPath(VhdLocatorPlatform.W2ru, Path.GetFileName(parent)) });
+        File.Copy(paths[0], paths[1], overwrite: true); // layer1.vhd now holds the base: wrong id
+        var ex = await Assert.ThrowsAsync<BackupFormatException>(() => VhdChain.OpenFromNewestAsync(paths[2]));
+        Assert.Contains("not the expected", ex.Message);
+        File.Delete(paths[1]);
+        ex = await Assert.ThrowsAsync<BackupFormatException>(() => VhdChain.OpenFromNewestAsync(paths[2]));
+        Assert.Contains("layer1.vhd", ex.Message);
+        Assert.Contains("not found", ex.Message);
+    }
+
+    [Fact]
+    public async Task Locator_data_space_in_sectors_as_vhd_tool_writes_it_is_understood()
+    {
+        var disk = new SparseMemoryDisk(4L << 20);
+        await disk.WriteAsync(0, new byte[] { 7 }, default);
+        var options = new VhdWriteOptions
+        {
+            CreatorApplication = "caml",
+            Parent = new VhdParentIdentity(Guid.NewGuid(), DateTimeOffset.UtcNow, "/var/run/sr-mount/x/base.vhd")
+            { Locators = new[] { new VhdParentPath(VhdLocatorPlatform.MacX, "file:///var/run/sr-mount/x/base.vhd") } },
+        };
+        var image = await WriteVhdAsync(disk, await VhdBlockPlan.FromSourceAsync(disk), options);
+        // Same layout as xapi's vhd-tool: locator at 1536, BAT at 2048.
+        Assert.Equal(2048UL, BinaryPrimitives.ReadUInt64BigEndian(image.AsSpan(512 + 16)));
+        Assert.Equal(1536UL, BinaryPrimitives.ReadUInt64BigEndian(image.AsSpan(512 + 576 + 16)));
+        BinaryPrimitives.WriteUInt32BigEndian(image.AsSpan(512 + 576 + 4), 1); // data space: 1 sector
+        BinaryPrimitives.WriteUInt32BigEndian(image.AsSpan(512 + 36), VhdFormat.ComputeChecksum(image.AsSpan(512, 1024), 36));
+        using var file = await OpenBytesAsync(image);
+        var locators = await file.ReadParentLocatorsAsync();
+        Assert.Equal("file:///var/run/sr-mount/x/base.vhd", Assert.Single(locators).Path);
+        Assert.Equal("caml", file.Footer.CreatorApplication);
+    }
+
+    [Fact]
+    public async Task Locator_pointing_outside_the_file_is_refused()
+    {
+        var disk = new SparseMemoryDisk(2L << 20);
+        var options = new VhdWriteOptions { Parent = new VhdParentIdentity(Guid.NewGuid(), DateTimeOffset.UtcNow, "p") { Locators = new[] { new VhdParentPath(VhdLocatorPlatform.W2ru, "p.vhd") } } };
+        var image = await WriteVhdAsync(disk, VhdBlockPlan.FromExtents(disk.Length, Array.Empty<Extent>()), options);
+        BinaryPrimitives.WriteUInt64BigEndian(image.AsSpan(512 + 576 + 16), 1UL << 40);
+        BinaryPrimitives.WriteUInt32BigEndian(image.AsSpan(512 + 36), VhdFormat.ComputeChecksum(image.AsSpan(512, 1024), 36));
+        using var file = await OpenBytesAsync(image);
+        var ex = await Assert.ThrowsAsync<BackupFormatException>(() => file.ReadParentLocatorsAsync());
+        Assert.Contains("locator 0", ex.Message);
+    }
+
+    [Fact]
+    public async Task Random_explicit_block_bitmaps_round_trip_against_a_model()
+    {
+        var rng = new Random(99);
+        for (int iter = 0; iter < 12; iter++)
+        {
+            int blockSize = rng.Next(3) switch { 0 => 4096, 1 => 64 * 1024, _ => 2 << 20 };
+            int spb = blockSize / 512;
+            long size = (long)rng.Next(1, 12) * blockSize - rng.Next(0, spb) * 512L;
+            var source = new byte[size];
+            rng.NextBytes(source);
+            var disk = new SparseMemoryDisk(size);
+            await disk.WriteAsync(0, source, default);
+            long blocks = (size + blockSize - 1) / blockSize;
+            var planned = new List<VhdPlannedBlock>();
+            var expected = new byte[size];
+            for (uint b = 0; b < blocks; b++)
+            {
+                int kind = rng.Next(3);
+                if (kind == 0) continue;
+                byte[]? bitmap = null;
+                if (kind == 1)
+                {
+                    bitmap = new byte[(spb + 7) / 8];
+                    for (int k = rng.Next(1, 5); k > 0; k--) { int f = rng.Next(spb); VhdSectorBitmap.SetRange(bitmap, f, rng.Next(1, spb - f + 1)); }
+                }
+                planned.Add(new VhdPlannedBlock(b, bitmap));
+                for (int s = 0; s < spb; s++)
+                {
+                    long off = (long)b * blockSize + s * 512L;
+                    if (off >= size) break;
+                    if (bitmap is null || VhdSectorBitmap.Get(bitmap, s)) source.AsSpan((int)off, 512).CopyTo(expected.AsSpan((int)off));
+                }
+            }
+            var plan = VhdBlockPlan.FromBlocks(size, planned.OrderBy(_ => rng.Next()), blockSize);
+            var options = new VhdWriteOptions();
+            var image = await WriteVhdAsync(disk, plan, options);
+            Assert.Equal(VhdStreamWriter.ComputeLength(plan, options), image.Length);
+            using var file = await OpenBytesAsync(image);
+            AssertEqualBytes(expected, await ReadAllAsync(file));
+            var streamed = new byte[size];
+            await VhdStreamReader.ApplyAsync(new MemoryStream(image), new ModelTarget(streamed), "mem");
+            AssertEqualBytes(expected, streamed);
+        }
+    }
+
+    [Fact]
+    public async Task Writer_and_reader_stop_when_cancelled()
+    {
+        var disk = new SparseMemoryDisk(64L << 20);
+        await disk.WriteAsync(0, new byte[64 << 20], default);
+        var plan = await VhdBlockPlan.FromSourceAsync(disk);
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => VhdStreamWriter.WriteAsync(disk, plan, new MemoryStream(), null, null, cts.Token));
+        var image = await WriteVhdAsync(disk, plan, new VhdWriteOptions());
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => VhdStreamReader.ApplyAsync(new MemoryStream(image), new SparseMemoryDisk(disk.Length), "x", null, null, cts.Token));
+    }
+}
