@@ -68,7 +68,11 @@ internal sealed class XvaTarReader
             if (got < BlockSize)
                 throw Error(headerOffset, $"The stream ends inside a tar header ({got} of {BlockSize} bytes). The backup is truncated; take a new one.");
             if (Array.TrueForAll(_header, b => b == 0))
+            {
+                // End of archive: consume the second zero block when it is there, so Position covers the whole tar.
+                await ReadUpToAsync(_header, cancellationToken).ConfigureAwait(false);
                 return null;
+            }
 
             VerifyHeaderChecksum(headerOffset);
             long size = ParseNumber(_header.AsSpan(124, 12), headerOffset, "size");
