@@ -249,6 +249,11 @@ internal sealed class XvaTarReader
                 total += n;
             }
         }
+        catch (EndOfStreamException ex)
+        {
+            // zstd's decoder reports a frame cut short this way.
+            throw Error(_position + total, "The compressed stream ends early. The backup is truncated (an interrupted download?); take a new one.", ex);
+        }
         catch (Exception ex) when (ex is InvalidDataException or ZstdSharp.ZstdException)
         {
             throw Error(_position + total, "The compressed stream is corrupt: " + ex.Message + " The backup is damaged; take a new one.", ex);
