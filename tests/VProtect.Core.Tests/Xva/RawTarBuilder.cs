@@ -8,7 +8,7 @@ namespace VProtect.Core.Tests.Xva;
 /// Header layout (POSIX.1-1988 / GNU): name[100] mode[8] uid[8] gid[8] size[12] mtime[12] chksum[8] typeflag[1]
 /// linkname[100] magic[6] version[2] uname[32] gname[32] devmajor[8] devminor[8] prefix[155].
 /// </summary>
-internal sealed class RawTarBuilder
+public sealed class RawTarBuilder
 {
     public enum Flavour { V7, Ustar, Gnu }
 
