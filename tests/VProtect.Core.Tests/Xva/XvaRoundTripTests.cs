@@ -211,6 +211,51 @@ public class XvaRoundTripTests
         await Assert.ThrowsAsync<ArgumentException>(() => XvaWriter.WriteAsync(new MemoryStream(), meta, [new XvaDiskSource("Ref:7001", disk)], null, default));
     }
 
+    [Fact]
+    public async Task Asynchronous_targets_get_the_right_bytes_while_the_next_chunk_downloads()
+    {
+        var disk = RandomDisk(new Random(21), 9 * MiB + 77, 0.7);
+        var (xva, _) = await WriteAsync(Metadata(("Ref:1", disk.Length)), NoKeepAlive, new XvaDiskSource("Ref:1", disk));
+        var inner = new SparseMemoryDisk(disk.Length);
+        var target = new YieldingTarget(inner);
+        await XvaReader.ReadAsync(new MemoryStream(xva), "x", new XvaReadOptions { OpenTarget = (_, _) => ValueTask.FromResult<IBlockTarget?>(target) }, default);
+        Assert.Equal(await HashAsync(disk), await HashAsync(inner));
+        Assert.True(target.Flushed);
+    }
+
+    [Fact]
+    public async Task A_failing_target_surfaces_its_error()
+    {
+        var disk = RandomDisk(new Random(22), 4 * MiB, 1.0);
+        var (xva, _) = await WriteAsync(Metadata(("Ref:1", disk.Length)), NoKeepAlive, new XvaDiskSource("Ref:1", disk));
+        var target = new YieldingTarget(new SparseMemoryDisk(disk.Length)) { FailAfterWrites = 2 };
+        var ex = await Assert.ThrowsAsync<IOException>(() => XvaReader.ReadAsync(new MemoryStream(xva), "x",
+            new XvaReadOptions { OpenTarget = (_, _) => ValueTask.FromResult<IBlockTarget?>(target) }, default));
+        Assert.Equal("disk full", ex.Message);
+    }
+
+    /// <summary>Completes every write later on another thread, copying the data only then: catches buffer reuse.</summary>
+    private sealed class YieldingTarget(SparseMemoryDisk inner) : IBlockTarget
+    {
+        private int _writes;
+        public int FailAfterWrites { get; init; } = int.MaxValue;
+        public bool Flushed { get; private set; }
+        public long Length => inner.Length;
+        public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+        {
+            await Task.Yield();
+            await Task.Delay(1, cancellationToken);
+            if (++_writes > FailAfterWrites) throw new IOException("disk full");
+            await inner.WriteAsync(offset, data, cancellationToken);
+        }
+        public async ValueTask WriteZeroesAsync(long offset, long length, CancellationToken cancellationToken)
+        {
+            await Task.Yield();
+            await inner.WriteZeroesAsync(offset, length, cancellationToken);
+        }
+        public ValueTask FlushAsync(CancellationToken cancellationToken) { Flushed = true; return ValueTask.CompletedTask; }
+    }
+
     internal static List<string> TarNames(byte[] xva)
     {
         using var reader = new TarReader(new MemoryStream(xva));

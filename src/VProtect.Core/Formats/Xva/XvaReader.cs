@@ -47,11 +47,16 @@ public static class XvaReader
         private readonly List<XvaDiskReadSummary> _summaries = new();
         private DiskState? _disk;
         private PendingChunk? _pending;
+        private readonly byte[][] _buffers = new byte[2][];
+        private int _current;
+        private Task? _inflight;
 
         public async Task<XvaReadResult> RunAsync(XvaCompression compression, CancellationToken ct)
         {
             await ReadMetadataAsync(ct).ConfigureAwait(false);
-            var buffer = ArrayPool<byte>.Shared.Rent(XvaFormat.ChunkSize);
+            // Two chunk buffers: the next chunk downloads into one while the other is being written to its target.
+            _buffers[0] = ArrayPool<byte>.Shared.Rent(XvaFormat.ChunkSize);
+            _buffers[1] = ArrayPool<byte>.Shared.Rent(XvaFormat.ChunkSize);
             try
             {
                 while (await tar.NextAsync(ct).ConfigureAwait(false) is { } member)
@@ -59,11 +64,11 @@ public static class XvaReader
                     CheckMemberIsSafe(member);
                     if (member.Kind == TarMemberKind.Directory) continue; // e.g. "Ref:5/" from some tar writers
                     if (XvaFormat.TryParseChunkName(member.Name, out var vdiId, out long counter))
-                        await OnChunkAsync(member, vdiId, counter, buffer, ct).ConfigureAwait(false);
+                        await OnChunkAsync(member, vdiId, counter, _buffers[_current], ct).ConfigureAwait(false);
                     else if (member.Name.EndsWith(XvaFormat.XxHashExtension, StringComparison.Ordinal))
-                        await OnChecksumAsync(member, XvaChecksumKind.XxHash64, buffer, ct).ConfigureAwait(false);
+                        await OnChecksumAsync(member, XvaChecksumKind.XxHash64, _buffers[_current], ct).ConfigureAwait(false);
                     else if (member.Name.EndsWith(XvaFormat.Sha1Extension, StringComparison.Ordinal))
-                        await OnChecksumAsync(member, XvaChecksumKind.Sha1, buffer, ct).ConfigureAwait(false);
+                        await OnChecksumAsync(member, XvaChecksumKind.Sha1, _buffers[_current], ct).ConfigureAwait(false);
                     else if (member.Name == XvaFormat.MetadataEntryName)
                         throw tar.Error(member.HeaderOffset, "A second ova.xml follows the disk data. The file is damaged or two XVAs were concatenated.");
                     else
@@ -75,7 +80,11 @@ public static class XvaReader
             }
             finally
             {
-                ArrayPool<byte>.Shared.Return(buffer);
+                // A buffer must not go back to the pool while a target write still reads it.
+                if (_inflight is { } inflight)
+                    try { await inflight.ConfigureAwait(false); } catch { /* the error that got us here matters more */ }
+                ArrayPool<byte>.Shared.Return(_buffers[0]);
+                ArrayPool<byte>.Shared.Return(_buffers[1]);
             }
             return new XvaReadResult(_metadata, compression, _summaries, tar.Position);
         }
@@ -162,12 +171,12 @@ public static class XvaReader
                 throw tar.Error(p.HeaderOffset, $"Chunk {p.Name} (disk bytes [{p.DiskOffset}, {p.DiskOffset + p.Length})) fails its {ext[1..]} checksum: stored '{stored}', computed '{computed}'. The backup is corrupt; restore from another backup.");
 
             var d = _disk!;
-            if (d.Target is { } target)
+            if (d.Target is { } target && (p.Length > 0 || (p.GapChunks > 0 && options.ZeroOmittedChunks)))
             {
-                if (p.GapChunks > 0 && options.ZeroOmittedChunks)
-                    await target.WriteZeroesAsync(d.Offset, p.DiskOffset - d.Offset, ct).ConfigureAwait(false);
-                if (p.Length > 0)
-                    await target.WriteAsync(p.DiskOffset, data, ct).ConfigureAwait(false);
+                await AwaitInflightAsync().ConfigureAwait(false);
+                long zeroFrom = d.Offset, zeroLength = options.ZeroOmittedChunks ? p.DiskOffset - d.Offset : 0;
+                _inflight = WriteToTargetAsync(target, zeroFrom, zeroLength, p.DiskOffset, data, ct);
+                _current ^= 1; // the next chunk goes into the other buffer while this one is written
             }
             d.ChecksumKind ??= kind;
             d.Offset = p.DiskOffset + p.Length;
@@ -177,6 +186,19 @@ public static class XvaReader
             d.DataBytes += p.Length;
             _pending = null;
             options.Progress?.Report(new TransferProgress(_doneBytesOfFinishedDisks + d.Offset, _totalBytes));
+        }
+
+        private static async Task WriteToTargetAsync(IBlockTarget target, long zeroFrom, long zeroLength, long offset, ReadOnlyMemory<byte> data, CancellationToken ct)
+        {
+            if (zeroLength > 0) await target.WriteZeroesAsync(zeroFrom, zeroLength, ct).ConfigureAwait(false);
+            if (data.Length > 0) await target.WriteAsync(offset, data, ct).ConfigureAwait(false);
+        }
+
+        private async Task AwaitInflightAsync()
+        {
+            if (_inflight is not { } inflight) return;
+            _inflight = null;
+            await inflight.ConfigureAwait(false);
         }
 
         private async Task StartDiskAsync(TarMemberHeader m, string vdiId, CancellationToken ct)
@@ -199,6 +221,7 @@ public static class XvaReader
         private async Task FinishDiskAsync(CancellationToken ct)
         {
             if (_disk is not { } d) return;
+            await AwaitInflightAsync().ConfigureAwait(false);
             if (d.Target is { } target)
             {
                 if (options.ZeroOmittedChunks && d.Offset < d.VirtualSize)
