@@ -189,6 +189,20 @@ public class XvaBadInputTests
     }
 
     [Fact]
+    public async Task A_base256_size_field_of_absurd_size_is_refused()
+    {
+        var xva = Start().Add("Ref:1/00000000", [], writeData: false).ToArray();
+        int header = Find(xva, "Ref:1/00000000");
+        // GNU base-256 size: 0x80 marker then 2^62 big-endian; fix the header checksum afterwards.
+        var size = xva.AsSpan(header + 124, 12);
+        size.Clear();
+        size[0] = 0x80;
+        size[4] = 0x40;
+        FixChecksum(xva, header);
+        Assert.Contains("declares", (await FailsAsync(xva)).Message);
+    }
+
+    [Fact]
     public async Task Data_beyond_the_disk_size_is_refused()
     {
         var xva = Start(("Ref:1", MiB + 10)).Chunk("Ref:1", 0, Pattern(MiB, 1)).Chunk("Ref:1", 1, Pattern(MiB, 2)).End().ToArray();
@@ -290,6 +304,15 @@ public class XvaBadInputTests
         using (var gz = new GZipStream(ms, CompressionLevel.Fastest, leaveOpen: true)) gz.Write(new byte[64 * MiB]);
         var ex = await FailsAsync(ms.ToArray());
         Assert.Contains("no ova.xml", ex.Message);
+    }
+
+    private static void FixChecksum(byte[] tar, int header)
+    {
+        var h = tar.AsSpan(header, 512);
+        h.Slice(148, 8).Fill((byte)' ');
+        int sum = 0;
+        foreach (byte b in h) sum += b;
+        Encoding.ASCII.GetBytes(Convert.ToString(sum, 8).PadLeft(6, '0') + "\0 ").CopyTo(h.Slice(148));
     }
 
     internal static int Find(byte[] haystack, string name)

@@ -191,6 +191,8 @@ public class XvaRoundTripTests
                 KeepAliveInterval = rng.Next(3) == 0 ? TimeSpan.Zero : null,
             };
             var (xva, _) = await WriteAsync(meta, options, sources.ToArray());
+            if (options is { Compression: XvaCompression.None, ZeroChunks: XvaZeroChunkDetection.ExtentsOnly, KeepAliveInterval: null })
+                Assert.Equal(await XvaWriter.ComputeExactLengthAsync(meta, sources, options, default), xva.LongLength);
             var (result, disks) = await ReadToMemoryAsync(new MemoryStream(xva));
             foreach (var s in sources)
             {
@@ -254,6 +256,60 @@ public class XvaRoundTripTests
             await inner.WriteZeroesAsync(offset, length, cancellationToken);
         }
         public ValueTask FlushAsync(CancellationToken cancellationToken) { Flushed = true; return ValueTask.CompletedTask; }
+    }
+
+    [Fact]
+    public async Task Writing_to_a_forward_only_stream_works()
+    {
+        var disk = RandomDisk(new Random(31), 3 * MiB + 5, 0.5);
+        var meta = Metadata(("Ref:1", disk.Length));
+        var sink = new MemoryStream();
+        var result = await XvaWriter.WriteAsync(new ForwardOnlyWriteStream(sink), meta, [new XvaDiskSource("Ref:1", disk)],
+            new XvaWriteOptions { Compression = XvaCompression.Zstd, KeepAliveInterval = null }, default);
+        var (read, disks) = await ReadToMemoryAsync(new MemoryStream(sink.ToArray()));
+        Assert.Equal(result.TarBytes, read.TarBytes);
+        Assert.Equal(await HashAsync(disk), await HashAsync(disks["Ref:1"]));
+    }
+
+    [Fact]
+    public async Task Vdis_without_data_are_listed_in_metadata_but_get_no_target()
+    {
+        var disk = RandomDisk(new Random(32), 2 * MiB, 0.5);
+        // Ref:2 is in the metadata (think: a CD's VDI) but no disk source is given for it.
+        var meta = Metadata(("Ref:1", disk.Length), ("Ref:2", 10 * MiB));
+        var (xva, _) = await WriteAsync(meta, NoKeepAlive, new XvaDiskSource("Ref:1", disk));
+        var opened = new List<string>();
+        var result = await XvaReader.ReadAsync(new MemoryStream(xva), "x", new XvaReadOptions
+        {
+            OpenTarget = (d, _) => { opened.Add(d.VdiId); return ValueTask.FromResult<IBlockTarget?>(new SparseMemoryDisk(d.VirtualSize)); },
+        }, default);
+        Assert.Equal(new[] { "Ref:1" }, opened);
+        Assert.Equal(2, result.Metadata.Vdis.Count);
+    }
+
+    [Fact]
+    public async Task A_target_smaller_than_the_disk_is_refused_before_any_write()
+    {
+        var disk = RandomDisk(new Random(33), 2 * MiB, 1.0);
+        var (xva, _) = await WriteAsync(Metadata(("Ref:1", disk.Length)), NoKeepAlive, new XvaDiskSource("Ref:1", disk));
+        var small = new SparseMemoryDisk(MiB);
+        await Assert.ThrowsAsync<InvalidOperationException>(() => XvaReader.ReadAsync(new MemoryStream(xva), "x",
+            new XvaReadOptions { OpenTarget = (_, _) => ValueTask.FromResult<IBlockTarget?>(small) }, default));
+        Assert.Equal(0, small.AllocatedPageCount);
+    }
+
+    private sealed class ForwardOnlyWriteStream(Stream inner) : Stream
+    {
+        public override bool CanRead => false;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override void Flush() => inner.Flush();
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => inner.Write(buffer, offset, count);
     }
 
     internal static List<string> TarNames(byte[] xva)
