@@ -25,11 +25,16 @@ public abstract class VProtectCmdlet : PSCmdlet
         => RunEngine<object?>(async (sink, ct) => { await work(sink, ct).ConfigureAwait(false); return null; }, target);
 
     /// <inheritdoc cref="RunEngine(Func{PipelineSink, CancellationToken, Task}, object?)"/>
-    protected T RunEngine<T>(Func<PipelineSink, CancellationToken, Task<T>> work, object? target = null)
+    /// <param name="failure">When given, every failure but cancellation maps to this instead of the error table.</param>
+    protected T RunEngine<T>(Func<PipelineSink, CancellationToken, Task<T>> work, object? target = null, ErrorMapping? failure = null)
     {
         var outcome = RunEngineCore(work);
         if (outcome.Error is not null)
+        {
+            if (failure is not null && !IsStop(outcome.Error))
+                ThrowTerminatingError(ErrorMap.Create(ErrorMap.Unwrap(outcome.Error), failure.Value, target));
             ThrowEngineError(outcome.Error, target);
+        }
         return outcome.Value!;
     }
 
