@@ -78,7 +78,7 @@ function Get-CmdletMetadata {
     if ([IO.Path]::GetFileNameWithoutExtension($exe) -eq 'dotnet') { $prefix = @([Reflection.Assembly]::GetEntryAssembly().Location) }
     $encoded = [Convert]::ToBase64String([Text.Encoding]::Unicode.GetBytes(
             "& { $script } -manifest '$($ManifestPath -replace "'", "''")' -name '$Name' | ConvertTo-Json -Depth 8 -Compress"))
-    $json = & $exe @prefix -NoProfile -NonInteractive -EncodedCommand $encoded
+    $json = & $exe @prefix -NoProfile -NonInteractive -OutputFormat Text -EncodedCommand $encoded
     if ($LASTEXITCODE -ne 0) { throw "Reading the cmdlet metadata of $ManifestPath failed (exit $LASTEXITCODE)" }
     $text = ($json -join "`n").Trim()
     if (-not $text) { return @() }
@@ -399,6 +399,8 @@ function ConvertTo-AboutText {
 }
 
 # ---------------------------------------------------------------- main
+$DocsPath = (Resolve-Path -LiteralPath $DocsPath).ProviderPath
+$ModulePath = (Resolve-Path -LiteralPath $ModulePath).ProviderPath
 $manifest = Join-Path $ModulePath "$ModuleName.psd1"
 if (-not (Test-Path $manifest)) { throw "No staged module manifest at $manifest; run the Build step first." }
 $commands = @(Get-CmdletMetadata -ManifestPath $manifest -Name $ModuleName)

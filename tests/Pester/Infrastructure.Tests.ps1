@@ -44,7 +44,7 @@ Describe 'The pipeline sink' {
         $script:Flags = [System.Reflection.BindingFlags]'NonPublic,Instance'
         function New-Sink([scriptblock] $Clock) { $ctor.Invoke(@([Func[datetime]]$Clock)) }
         function Get-Queued($Sink) {
-            $Sink.GetType().GetMethod('Complete', $Flags).Invoke($Sink, @())
+            [void]$Sink.GetType().GetMethod('Complete', $Flags).Invoke($Sink, @())
             @($Sink.GetType().GetMethod('Drain', $Flags).Invoke($Sink, @())).Count
         }
         function New-Progress([int] $Id, [int] $Percent, [int] $Parent = -1) {
@@ -93,7 +93,7 @@ Describe 'The pipeline sink' {
     It 'drops writes that arrive after the work ended instead of throwing' {
         $sink = New-Sink { [datetime]::UtcNow }
         $sink.WriteObject(1)
-        $sink.GetType().GetMethod('Complete', $Flags).Invoke($sink, @())
+        [void]$sink.GetType().GetMethod('Complete', $Flags).Invoke($sink, @())
         { $sink.WriteObject(2); $sink.WriteWarning('late') } | Should -Not -Throw
         @($sink.GetType().GetMethod('Drain', $Flags).Invoke($sink, @())).Count | Should -Be 1
     }

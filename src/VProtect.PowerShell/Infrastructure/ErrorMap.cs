@@ -3,6 +3,7 @@ using System.Net.Http;
 using System.Net.Sockets;
 using System.Security.Authentication;
 using VProtect.Core.Formats;
+using VProtect.Core.Xapi;
 
 namespace VProtect.PowerShell.Infrastructure;
 
@@ -18,6 +19,10 @@ public static class ErrorIds
     public const string XenPoolPermissionDenied = "XenPoolPermissionDenied";
     public const string XenObjectNotFound = "XenObjectNotFound";
     public const string XenApiError = "XenApiError";
+    public const string XenObjectInWrongState = "XenObjectInWrongState";
+    public const string XenFeatureUnavailable = "XenFeatureUnavailable";
+    public const string XenStorageFull = "XenStorageFull";
+    public const string XenTaskCancelled = "XenTaskCancelled";
     public const string BackupFormatInvalid = "BackupFormatInvalid";
     public const string OperationTimedOut = "OperationTimedOut";
     public const string IOFailed = "IOFailed";
@@ -35,7 +40,7 @@ public readonly record struct ErrorMapping(string ErrorId, ErrorCategory Categor
 /// The one table that turns engine exceptions into ErrorRecords. Cmdlets never build ErrorRecords for engine
 /// failures themselves, so an exception type maps to the same ErrorId and category everywhere.
 /// </summary>
-public static partial class ErrorMap
+public static class ErrorMap
 {
     public static ErrorRecord ToErrorRecord(Exception exception, object? target)
     {
@@ -85,15 +90,38 @@ public static partial class ErrorMap
         };
     }
 
-    /// <summary>Engine-specific rows (the XAPI client's exceptions); null when <paramref name="error"/> is not one.</summary>
-    static partial void ClassifyXapiCore(Exception error, ref ErrorMapping? mapping);
-
-    private static ErrorMapping? ClassifyXapi(Exception error)
+    /// <summary>XAPI errors by code; null when <paramref name="error"/> is not from the XAPI client.</summary>
+    private static ErrorMapping? ClassifyXapi(Exception error) => error switch
     {
-        ErrorMapping? mapping = null;
-        ClassifyXapiCore(error, ref mapping);
-        return mapping;
-    }
+        XapiException x => x.ErrorCode switch
+        {
+            "SESSION_AUTHENTICATION_FAILED" => new(ErrorIds.XenPoolAuthenticationFailed, ErrorCategory.AuthenticationError,
+                "Check the user name and password; for an Active Directory user, check that external authentication is enabled on the pool."),
+            "SESSION_INVALID" => new(ErrorIds.XenPoolSessionExpired, ErrorCategory.AuthenticationError,
+                "The session was logged out or expired; run Connect-XenPool again."),
+            "SESSION_AUTHORIZATION_FAILED" or "PERMISSION_DENIED" or "RBAC_PERMISSION_DENIED" => new(ErrorIds.XenPoolPermissionDenied, ErrorCategory.PermissionDenied,
+                "Connect as a user whose pool role allows this (pool-admin or vm-admin)."),
+            "HANDLE_INVALID" or "UUID_INVALID" or "VDI_MISSING" => new(ErrorIds.XenObjectNotFound, ErrorCategory.ObjectNotFound,
+                "The object no longer exists on the pool; list the current ones (Get-XenPoolVM) and retry."),
+            "VM_BAD_POWER_STATE" or "OPERATION_NOT_ALLOWED" or "OTHER_OPERATION_IN_PROGRESS" or "VDI_IN_USE" or "VM_IS_TEMPLATE" or "VM_IS_SNAPSHOT"
+                => new(ErrorIds.XenObjectInWrongState, ErrorCategory.InvalidOperation,
+                "The object is busy or in the wrong state for this operation; wait for other operations to finish, or change its state, and retry."),
+            "LICENCE_RESTRICTION" or "FEATURE_RESTRICTED" => new(ErrorIds.XenFeatureUnavailable, ErrorCategory.ResourceUnavailable,
+                "The pool's licence or version does not offer this feature; use the XVA strategy or license the pool."),
+            "SR_FULL" => new(ErrorIds.XenStorageFull, ErrorCategory.ResourceUnavailable,
+                "Free space on the storage repository or choose another one."),
+            "TASK_CANCELLED" => new(ErrorIds.XenTaskCancelled, ErrorCategory.OperationStopped, null),
+            _ => new(ErrorIds.XenApiError, ErrorCategory.InvalidOperation,
+                "See the XAPI error code and parameters in the message."),
+        },
+        XapiConnectionException c when c.HttpStatusCode == 401 => new(ErrorIds.XenPoolAuthenticationFailed, ErrorCategory.AuthenticationError,
+            "Check the user name and password."),
+        XapiConnectionException c when c.InnerException is OperationCanceledException or TimeoutException => new(ErrorIds.OperationTimedOut, ErrorCategory.OperationTimeout,
+            "The pool did not answer in time; check it is reachable and not overloaded, then retry."),
+        XapiConnectionException => new(ErrorIds.XenPoolConnectionFailed, ErrorCategory.ConnectionError,
+            "Check the URL, that the pool master is running and reachable, and any firewall in between."),
+        _ => null,
+    };
 
     internal static Exception Unwrap(Exception exception)
     {
