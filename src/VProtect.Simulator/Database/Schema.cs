@@ -83,7 +83,7 @@ internal static class Schema
             .Inverse("resident_VMs", "VM", "resident_on").Inverse("PIFs", "PIF", "host").Inverse("PBDs", "PBD", "host");
 
         C("VM").Rw("name_label").Rw("name_description").Ro("power_state", E, "Halted").Rw("user_version", I, 1L)
-            .Ro("is_a_template", B).Ro("is_default_template", B).Ro("is_a_snapshot", B).Ro("snapshot_of", R)
+            .Rw("is_a_template", B).Ro("is_default_template", B).Ro("is_a_snapshot", B).Ro("snapshot_of", R)
             .Inverse("snapshots", "VM", "snapshot_of").Ro("snapshot_time", D).Ro("snapshot_info", M).Rw("snapshot_metadata")
             .Ro("parent", R).Inverse("children", "VM", "parent").Ro("suspend_VDI", R).Rw("suspend_SR", R)
             .Ro("resident_on", R).Rw("affinity", R).Ro("memory_overhead", I).Ro("memory_target", I)

@@ -172,7 +172,7 @@ internal sealed class XapiDatabase
             {
                 if (_byRef.TryGetValue(r, out var o))
                     result.Add(new Change(g, o.Class, r, _createdAt.TryGetValue(r, out var c) && c > afterGeneration ? "add" : "mod", o));
-                else if (_deletedAt.TryGetValue(r, out var d)))
+                else if (_deletedAt.TryGetValue(r, out var d))
                     result.Add(new Change(g, d.Class, r, "del", null));
             }
             return result;
