@@ -35,7 +35,7 @@ public sealed class StartXenSimulatorCommand : VProtectCmdlet
     {
         var options = new SimulatorOptions
         {
-            BindAddress = IPAddress.Loopback,
+            BindAddress = IPAddress.Loopback.ToString(),
             HttpPort = HttpPort,
             HttpsPort = HttpsPort,
         };

@@ -28,7 +28,7 @@ internal static class SimulatorRegistry
                 if (e.RunspaceStateInfo.State is RunspaceState.Closed or RunspaceState.Broken)
                 {
                     StopAll(s => s.RunspaceId == runspace.InstanceId);
-                    WatchedRunspaces.TryRemove(runspace.InstanceId, out _);
+                    WatchedRunspaces.TryRemove(runspace.InstanceId, out byte _);
                 }
             };
         }

@@ -18,7 +18,7 @@ public sealed class XenSimulatorInfo
     internal Guid RunspaceId { get; }
 
     public string Url => Simulator.Url.ToString();
-    public string HttpsUrl => Simulator.HttpsUrl.ToString();
+    public string HttpsUrl => Simulator.HttpsUrl?.ToString() ?? "";
     /// <summary>A pool member: logging in there answers HOST_IS_SLAVE with the master's address.</summary>
     public string MemberUrl => Simulator.MemberUrl.ToString();
     /// <summary>The simulator's control API (GET /sim/vms ...), for tests and the demo.</summary>
