@@ -21,7 +21,8 @@ Describe 'Start-XenSimulator' {
             $sim | Should -BeOfType ([VProtect.PowerShell.XenSimulatorInfo])
             $sim.Url | Should -Match '^http://127\.0\.0\.1:\d+/?$'
             $sim.HttpsUrl | Should -Match '^https://127\.0\.0\.1:\d+/?$'
-            $sim.MemberUrl | Should -Match '^https?://127\.0\.0\.1:\d+/?$'
+            $sim.MemberUrl | Should -Match '^https?://127\.\d+\.\d+\.\d+:\d+/?$'
+            $sim.MemberUrl | Should -Not -Be $sim.Url
             $sim.ControlUrl | Should -Match '^http://127\.0\.0\.1:\d+'
             $sim.NbdPort | Should -BeGreaterThan 0
             $sim.Credential | Should -BeOfType ([pscredential])
@@ -120,6 +121,8 @@ Describe 'The simulator out of process' {
         $dll = Join-Path $env:VPROTECT_REPO_ROOT 'out/simulator/VProtect.Simulator.dll'
         $psi = [System.Diagnostics.ProcessStartInfo]::new('dotnet')
         foreach ($a in @($dll, '--http-port', '0')) { $psi.ArgumentList.Add($a) }
+        # The simulator runs until its stdin closes: keep it open, close it to stop it.
+        $psi.RedirectStandardInput = $true
         $psi.RedirectStandardOutput = $true
         $psi.RedirectStandardError = $true
         $psi.UseShellExecute = $false
@@ -130,7 +133,10 @@ Describe 'The simulator out of process' {
         $script:Info = $read.Result | ConvertFrom-Json
     }
     AfterAll {
-        if ($Proc -and -not $Proc.HasExited) { $Proc.Kill($true); [void]$Proc.WaitForExit(10000) }
+        if ($Proc -and -not $Proc.HasExited) {
+            $Proc.StandardInput.Close()
+            if (-not $Proc.WaitForExit(10000)) { $Proc.Kill($true); [void]$Proc.WaitForExit(10000) }
+        }
     }
 
     It 'prints url, user, password and ports as JSON' {
@@ -151,5 +157,11 @@ Describe 'The simulator out of process' {
         $vms.Uuid | ForEach-Object { $truth.uuid | Should -Contain $_ }
         Disconnect-XenPool -Session $s
         { Get-XenPoolVM -Session $s -ErrorAction Stop } | Should -Throw -ErrorId "XenPoolSessionExpired,$Cmd.GetXenPoolVMCommand"
+    }
+
+    It 'stops cleanly when its stdin closes' {
+        $Proc.StandardInput.Close()
+        $Proc.WaitForExit(20000) | Should -BeTrue
+        $Proc.ExitCode | Should -Be 0
     }
 }
