@@ -9,7 +9,8 @@
     CompatiblePSEditions = @('Core')
     PowerShellVersion    = '7.4'
     FormatsToProcess     = @('VProtect.PowerShell.Format.ps1xml')
-    CmdletsToExport      = @()
+    TypesToProcess       = @('VProtect.PowerShell.Types.ps1xml')
+    CmdletsToExport      = @('Connect-XenPool', 'Disconnect-XenPool', 'Get-XenPoolVM', 'Start-XenSimulator', 'Stop-XenSimulator')
     FunctionsToExport    = @()
     AliasesToExport      = @()
     VariablesToExport    = @()
