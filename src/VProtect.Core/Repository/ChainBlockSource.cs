@@ -1,0 +1,220 @@
+using System.Buffers;
+using System.IO.Hashing;
+using System.Runtime.CompilerServices;
+using Microsoft.Win32.SafeHandles;
+using VProtect.Core.Formats;
+using VProtect.Core.IO;
+using ZstdSharp;
+
+namespace VProtect.Core.Repository;
+
+/// <summary>
+/// A restore point's disk as an <see cref="IBlockSource"/>: the records of the full and its incrementals overlaid,
+/// newest first, into one map of non-overlapping segments. Memory is proportional to the number of records, never
+/// to the disk size. Every record is checked against its XXH128 hash when it is decompressed.
+/// </summary>
+public sealed class ChainBlockSource : IBlockSource, IDisposable
+{
+    public sealed record Layer(string BackupId, string DataPath, string IndexPath, long VirtualSize);
+
+    /// <summary>A piece of the disk served by one record of one layer.</summary>
+    private readonly record struct Segment(long Start, long End, int Layer, int Record);
+
+    private readonly Layer[] _layers;
+    private readonly BlockRecord[][] _records;
+    private readonly SafeFileHandle?[] _handles;
+    private readonly Segment[] _segments;
+    private readonly object _cacheGate = new();
+    private (int Layer, int Record, byte[] Data)? _cache; // the last decompressed record: reads are mostly sequential
+
+    internal ChainBlockSource(IReadOnlyList<Layer> layers, long length)
+    {
+        Length = length;
+        _layers = layers.ToArray();
+        _records = new BlockRecord[_layers.Length][];
+        _handles = new SafeFileHandle?[_layers.Length];
+        try
+        {
+            for (int i = 0; i < _layers.Length; i++)
+            {
+                var l = _layers[i];
+                long dataLength = File.Exists(l.DataPath) ? new FileInfo(l.DataPath).Length
+                    : throw new BackupFormatException(l.DataPath, 0, "the data file is missing.");
+                _records[i] = BlockIndex.Read(l.IndexPath, l.VirtualSize, dataLength);
+                _handles[i] = File.OpenHandle(l.DataPath, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.Asynchronous);
+            }
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+        _segments = Overlay(_records, length);
+    }
+
+    public long Length { get; }
+
+    /// <summary>Bytes of disk content the restore point takes from each backup of the chain (for reports and tests).</summary>
+    public IReadOnlyDictionary<string, long> BytesByBackup =>
+        _segments.GroupBy(s => _layers[s.Layer].BackupId).ToDictionary(g => g.Key, g => g.Sum(s => s.End - s.Start));
+
+    /// <summary>
+    /// Newest wins: sweep the records of all layers in disk order and keep, for each point, the record of the highest
+    /// layer covering it. Records within a layer never overlap, so at most one per layer is active.
+    /// </summary>
+    private static Segment[] Overlay(BlockRecord[][] records, long length)
+    {
+        var events = new List<(long At, int Layer, int Record, bool Start)>();
+        for (int l = 0; l < records.Length; l++)
+            for (int r = 0; r < records[l].Length; r++)
+            {
+                var rec = records[l][r];
+                long end = Math.Min(rec.DiskEnd, length);
+                if (rec.DiskOffset >= end) continue;
+                events.Add((rec.DiskOffset, l, r, true));
+                events.Add((end, l, r, false));
+            }
+        events.Sort((a, b) => a.At != b.At ? a.At.CompareTo(b.At) : a.Start.CompareTo(b.Start)); // ends before starts
+        var active = new int[records.Length];
+        Array.Fill(active, -1);
+        int top = -1;
+        var result = new List<Segment>();
+        long segStart = 0;
+        int i = 0;
+        while (i < events.Count)
+        {
+            long at = events[i].At;
+            int previousTop = top, previousRecord = top >= 0 ? active[top] : -1;
+            for (; i < events.Count && events[i].At == at; i++)
+            {
+                var e = events[i];
+                active[e.Layer] = e.Start ? e.Record : (active[e.Layer] == e.Record ? -1 : active[e.Layer]);
+            }
+            top = -1;
+            for (int l = active.Length - 1; l >= 0; l--) if (active[l] >= 0) { top = l; break; }
+            int topRecord = top >= 0 ? active[top] : -1;
+            if (top != previousTop || topRecord != previousRecord)
+            {
+                if (previousTop >= 0 && at > segStart) result.Add(new Segment(segStart, at, previousTop, previousRecord));
+                segStart = at;
+            }
+        }
+        return result.ToArray();
+    }
+
+    public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        if (offset < 0 || offset + buffer.Length > Length)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"Range {offset}+{buffer.Length} is outside the disk of {Length} bytes.");
+        long end = offset + buffer.Length;
+        int s = FindSegment(offset);
+        long pos = offset;
+        while (pos < end)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            if (s >= _segments.Length || _segments[s].Start >= end)
+            {
+                buffer.Span[(int)(pos - offset)..].Clear();
+                break;
+            }
+            var seg = _segments[s];
+            if (seg.Start > pos)
+            {
+                int gap = (int)(Math.Min(seg.Start, end) - pos);
+                buffer.Span.Slice((int)(pos - offset), gap).Clear();
+                pos += gap;
+                continue;
+            }
+            int n = (int)(Math.Min(seg.End, end) - pos);
+            var rec = _records[seg.Layer][seg.Record];
+            var target = buffer.Slice((int)(pos - offset), n);
+            if (rec.IsZero) target.Span.Clear();
+            else
+            {
+                var plain = await GetRecordAsync(seg.Layer, seg.Record, cancellationToken).ConfigureAwait(false);
+                plain.AsSpan((int)(pos - rec.DiskOffset), n).CopyTo(target.Span);
+            }
+            pos += n;
+            s++;
+        }
+    }
+
+    /// <summary>Index of the first segment ending after <paramref name="offset"/>.</summary>
+    private int FindSegment(long offset)
+    {
+        int lo = 0, hi = _segments.Length;
+        while (lo < hi)
+        {
+            int mid = (lo + hi) >>> 1;
+            if (_segments[mid].End <= offset) lo = mid + 1; else hi = mid;
+        }
+        return lo;
+    }
+
+    private async ValueTask<byte[]> GetRecordAsync(int layer, int record, CancellationToken ct)
+    {
+        lock (_cacheGate)
+            if (_cache is { } c && c.Layer == layer && c.Record == record) return c.Data;
+        var rec = _records[layer][record];
+        byte[] stored = ArrayPool<byte>.Shared.Rent(rec.StoredLength);
+        try
+        {
+            int read = 0;
+            while (read < rec.StoredLength)
+            {
+                int n = await RandomAccess.ReadAsync(_handles[layer]!, stored.AsMemory(read, rec.StoredLength - read), rec.FileOffset + read, ct).ConfigureAwait(false);
+                if (n == 0) throw new BackupFormatException(_layers[layer].DataPath, rec.FileOffset + read, "the data file ends inside a record.");
+                read += n;
+            }
+            var plain = new byte[rec.Length];
+            if ((rec.Flags & BlockRecordFlags.Raw) != 0)
+            {
+                if (rec.StoredLength != rec.Length) throw new BackupFormatException(_layers[layer].DataPath, rec.FileOffset, "a raw record's stored length differs from its length.");
+                stored.AsSpan(0, rec.Length).CopyTo(plain);
+            }
+            else
+            {
+                int produced;
+                try
+                {
+                    using var d = new Decompressor();
+                    produced = d.Unwrap(stored.AsSpan(0, rec.StoredLength), plain);
+                }
+                catch (Exception ex) when (ex is ZstdException or ArgumentException or InvalidOperationException)
+                {
+                    throw new BackupFormatException(_layers[layer].DataPath, rec.FileOffset, $"the record for disk range {rec.DiskOffset}+{rec.Length} does not decompress: {ex.Message}", ex);
+                }
+                if (produced != rec.Length)
+                    throw new BackupFormatException(_layers[layer].DataPath, rec.FileOffset, $"the record for disk range {rec.DiskOffset}+{rec.Length} decompresses to {produced} bytes.");
+            }
+            if (XxHash128.HashToUInt128(plain) != rec.Hash)
+                throw new BackupFormatException(_layers[layer].DataPath, rec.FileOffset, $"the record for disk range {rec.DiskOffset}+{rec.Length} of backup {_layers[layer].BackupId} fails its hash check: the stored data is damaged.");
+            lock (_cacheGate) _cache = (layer, record, plain);
+            return plain;
+        }
+        finally { ArrayPool<byte>.Shared.Return(stored); }
+    }
+
+    public async IAsyncEnumerable<Extent> GetAllocatedExtentsAsync(long offset, long length, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        long end = offset + length;
+        long? runStart = null; long runEnd = 0;
+        for (int s = FindSegment(offset); s < _segments.Length && _segments[s].Start < end; s++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            var seg = _segments[s];
+            if (_records[seg.Layer][seg.Record].IsZero) continue;
+            long a = Math.Max(seg.Start, offset), b = Math.Min(seg.End, end);
+            if (runStart is not null && a == runEnd) { runEnd = b; continue; }
+            if (runStart is not null) yield return new Extent(runStart.Value, runEnd - runStart.Value);
+            runStart = a; runEnd = b;
+        }
+        if (runStart is not null) yield return new Extent(runStart.Value, runEnd - runStart.Value);
+        await Task.CompletedTask.ConfigureAwait(false);
+    }
+
+    public void Dispose()
+    {
+        foreach (var h in _handles) h?.Dispose();
+    }
+}
