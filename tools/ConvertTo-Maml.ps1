@@ -404,7 +404,9 @@ $ModulePath = (Resolve-Path -LiteralPath $ModulePath).ProviderPath
 $manifest = Join-Path $ModulePath "$ModuleName.psd1"
 if (-not (Test-Path $manifest)) { throw "No staged module manifest at $manifest; run the Build step first." }
 $commands = @(Get-CmdletMetadata -ManifestPath $manifest -Name $ModuleName)
-$pages = @(Get-ChildItem -LiteralPath $DocsPath -Filter '*.md' | Where-Object { $_.Name -match '^[A-Za-z]+-[A-Za-z]+\.md$' } |
+# Cmdlet pages are the Verb-Noun.md files with platyPS front matter; other docs (simulator.md, repository-format.md) are prose.
+$pages = @(Get-ChildItem -LiteralPath $DocsPath -Filter '*.md' |
+        Where-Object { $_.Name -match '^[A-Za-z]+-[A-Za-z]+\.md$' -and (Get-Content -LiteralPath $_.FullName -TotalCount 8) -contains 'schema: 2.0.0' } |
         ForEach-Object { Read-CmdletPage $_.FullName })
 
 $errors = [System.Collections.Generic.List[string]]::new()
