@@ -134,6 +134,8 @@ public sealed class XapiHttpTransfer
                 // xapi may answer (302, 401, 403…) before it reads the body: listen while sending.
                 using var sendCancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
                 var headTask = connection.ReadHeadAsync(ct);
+                // If the upload fails first, the connection is closed under this read; observe its fault so it is not unobserved.
+                _ = headTask.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
                 Exception? sendError = null;
                 try
                 {

@@ -355,6 +355,57 @@ public class XapiHttpTransferTests
         Assert.Empty(fake.Tasks);
     }
 
+    /// <summary>Endless zeros without allocating them: stands in for a big disk.</summary>
+    private sealed class ZeroStream : Stream
+    {
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => false;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override int Read(byte[] buffer, int offset, int count) { Array.Clear(buffer, offset, count); return count; }
+        public override void Flush() { }
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    }
+
+    private sealed class CancelAfter(CancellationTokenSource cts, long bytes) : IProgress<TransferProgress>
+    {
+        public void Report(TransferProgress value) { if (value.BytesDone >= bytes) cts.Cancel(); }
+    }
+
+    [Fact]
+    public async Task Cancelling_an_upload_stops_it_and_cancels_the_task()
+    {
+        var (fake, session) = await StartAsync();
+        await using var _ = fake;
+        await using var __ = session;
+        var release = new TaskCompletionSource();
+        long received = 0;
+        fake.HttpHandler = async (req, ct) =>
+        {
+            await FakeHttpServer.WriteResponseAsync(req.Connection, 200, "OK", XapiStreamHeaders(req.Query["task_id"]), null, ct);
+            var buffer = new byte[65536];
+            try
+            {
+                int n;
+                while ((n = await req.Connection.ReadAsync(buffer, ct)) > 0) Interlocked.Add(ref received, n);
+            }
+            catch (IOException) { }
+            await release.Task.WaitAsync(ct);
+            return false;
+        };
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        const long announced = 1L << 40; // 1 TiB: the upload can only end by cancellation
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() =>
+            new XapiHttpTransfer(session).ImportRawVdiAsync("OpaqueRef:vdi-1", new ZeroStream(), announced, "raw", new CancelAfter(cts, 3 << 20), cts.Token));
+        release.SetResult();
+        Assert.True(Interlocked.Read(ref received) < announced);
+        Assert.Single(fake.Calls, c => c.Method == "task.cancel");
+        Assert.Empty(fake.Tasks);
+    }
+
     [Fact]
     public async Task Reading_a_download_honours_cancellation()
     {
