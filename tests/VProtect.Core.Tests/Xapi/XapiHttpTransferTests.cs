@@ -411,6 +411,26 @@ public class XapiHttpTransferTests
     }
 
     [Fact]
+    public async Task Host_hanging_up_mid_upload_reports_the_task_error()
+    {
+        var (fake, session) = await StartAsync();
+        await using var _ = fake;
+        await using var __ = session;
+        fake.HttpHandler = async (req, ct) =>
+        {
+            await FakeHttpServer.WriteResponseAsync(req.Connection, 200, "OK", XapiStreamHeaders(req.Query["task_id"]), null, ct);
+            var first = new byte[1 << 20];
+            await req.Connection.ReadExactlyAsync(first, ct);
+            fake.FailTask(req.Query["task_id"], "VDI_IO_ERROR", "Device I/O errors");
+            return false; // closes with the rest of the upload unread
+        };
+        var ex = await Assert.ThrowsAsync<XapiException>(() =>
+            new XapiHttpTransfer(session).ImportRawVdiAsync("OpaqueRef:vdi-1", new ZeroStream(), 256L << 20, ct: Bounded()));
+        Assert.Equal("VDI_IO_ERROR", ex.ErrorCode);
+        Assert.Empty(fake.Tasks);
+    }
+
+    [Fact]
     public async Task Reading_a_download_honours_cancellation()
     {
         var (fake, session) = await StartAsync();
