@@ -101,6 +101,28 @@ public class XapiHttpTransferTests
     }
 
     [Fact]
+    public async Task Transfers_reach_a_host_given_by_name()
+    {
+        var fake = new FakeXapi().WithStandardPool().WithTasks();
+        await using var _ = fake;
+        var byName = new UriBuilder(fake.Url) { Host = "localhost" }.Uri;
+        await using var session = await XapiSession.LoginAsync(byName, "root", "secret",
+            new XapiConnectionOptions { TaskPollInterval = TimeSpan.FromMilliseconds(20) }, Bounded());
+        fake.HttpHandler = async (req, ct) =>
+        {
+            await FakeHttpServer.WriteResponseAsync(req.Connection, 200, "OK", XapiStreamHeaders(req.Query["task_id"]), null, ct);
+            await req.Connection.WriteAsync("by-name"u8.ToArray(), ct);
+            fake.CompleteTask(req.Query["task_id"], "<value></value>");
+            return false;
+        };
+        await using var download = await session.Http.ExportVmAsync("OpaqueRef:vm-1", ct: Bounded());
+        using var copy = new MemoryStream();
+        await download.Content.CopyToAsync(copy, Bounded());
+        Assert.Equal("by-name"u8.ToArray(), copy.ToArray());
+        await download.CompleteAsync(Bounded());
+    }
+
+    [Fact]
     public async Task Chunked_response_bodies_are_decoded()
     {
         var (fake, session) = await StartAsync();
