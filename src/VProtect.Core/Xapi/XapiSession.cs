@@ -51,6 +51,11 @@ public sealed partial class XapiSession : IAsyncDisposable
     public bool? IsLocalSuperuser { get; private set; }
 
     public XapiProtocol Protocol => _transport.Protocol;
+
+    private XapiHttpTransfer? _http;
+
+    /// <summary>HTTP transfers (/export, /import, …) authenticated with this session.</summary>
+    public XapiHttpTransfer Http => LazyInitializer.EnsureInitialized(ref _http, () => new XapiHttpTransfer(this));
     public XapiConnectionOptions Options => _options;
 
     /// <summary>True for API version ≥ major.minor (e.g. 2.8 = XenServer 7.3).</summary>
@@ -105,6 +110,17 @@ public sealed partial class XapiSession : IAsyncDisposable
                 throw;
             }
         }
+    }
+
+    /// <summary>
+    /// Same as the string overload, for a credential unwrapped at the boundary (e.g. <c>PSCredential.GetNetworkCredential()</c>).
+    /// A domain, when set, is sent as <c>DOMAIN\user</c> (how AD users log in to XAPI).
+    /// </summary>
+    public static Task<XapiSession> LoginAsync(Uri url, System.Net.NetworkCredential credential, XapiConnectionOptions? options = null, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(credential);
+        var user = string.IsNullOrEmpty(credential.Domain) ? credential.UserName : credential.Domain + "\\" + credential.UserName;
+        return LoginAsync(url, user, credential.Password, options, ct);
     }
 
     /// <summary>Wraps a session ref obtained elsewhere (e.g. XenServerPSModule). It is not logged out on dispose and cannot re-login.</summary>

@@ -85,6 +85,8 @@ public class XapiHttpTransferTests
         Assert.Equal("", await download.CompleteAsync(Bounded()));
         Assert.NotNull(seen);
         Assert.Equal("GET", seen!.Method);
+        Assert.Equal("HTTP/1.1", seen.HttpVersion);
+        Assert.Equal($"127.0.0.1:{fake.Port}", seen.Headers["Host"]);
         Assert.Equal("/export", seen.Path);
         Assert.Equal("OpaqueRef:snap-1", seen.Query["ref"]);
         Assert.Equal("zstd", seen.Query["use_compression"]);
@@ -96,6 +98,28 @@ public class XapiHttpTransferTests
         Assert.Equal(data.Length, progress.Values[^1].BytesDone);
         Assert.True(progress.Values.Zip(progress.Values.Skip(1)).All(p => p.First.BytesDone < p.Second.BytesDone));
         Assert.DoesNotContain(session.OpaqueRef, download.Url.ToString());
+    }
+
+    [Fact]
+    public async Task Transfers_reach_a_host_given_by_name()
+    {
+        var fake = new FakeXapi().WithStandardPool().WithTasks();
+        await using var _ = fake;
+        var byName = new UriBuilder(fake.Url) { Host = "localhost" }.Uri;
+        await using var session = await XapiSession.LoginAsync(byName, "root", "secret",
+            new XapiConnectionOptions { TaskPollInterval = TimeSpan.FromMilliseconds(20) }, Bounded());
+        fake.HttpHandler = async (req, ct) =>
+        {
+            await FakeHttpServer.WriteResponseAsync(req.Connection, 200, "OK", XapiStreamHeaders(req.Query["task_id"]), null, ct);
+            await req.Connection.WriteAsync("by-name"u8.ToArray(), ct);
+            fake.CompleteTask(req.Query["task_id"], "<value></value>");
+            return false;
+        };
+        await using var download = await session.Http.ExportVmAsync("OpaqueRef:vm-1", ct: Bounded());
+        using var copy = new MemoryStream();
+        await download.Content.CopyToAsync(copy, Bounded());
+        Assert.Equal("by-name"u8.ToArray(), copy.ToArray());
+        await download.CompleteAsync(Bounded());
     }
 
     [Fact]
@@ -223,6 +247,8 @@ public class XapiHttpTransferTests
         Assert.Equal("OpaqueRef:vdi-1", result);
         Assert.NotNull(seen);
         Assert.Equal("PUT", seen!.Method);
+        Assert.Equal("HTTP/1.1", seen.HttpVersion);
+        Assert.StartsWith("/import_raw_vdi?", seen.Target);
         Assert.Equal("/import_raw_vdi", seen.Path);
         Assert.Equal("OpaqueRef:vdi-1", seen.Query["vdi"]);
         Assert.Equal("raw", seen.Query["format"]);
@@ -352,6 +378,77 @@ public class XapiHttpTransferTests
         }
         release.SetResult();
         Assert.Equal(taskRef, Assert.Single(fake.Calls, c => c.Method == "task.cancel").Args[1]);
+        Assert.Empty(fake.Tasks);
+    }
+
+    /// <summary>Endless zeros without allocating them: stands in for a big disk.</summary>
+    private sealed class ZeroStream : Stream
+    {
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => false;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override int Read(byte[] buffer, int offset, int count) { Array.Clear(buffer, offset, count); return count; }
+        public override void Flush() { }
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    }
+
+    private sealed class CancelAfter(CancellationTokenSource cts, long bytes) : IProgress<TransferProgress>
+    {
+        public void Report(TransferProgress value) { if (value.BytesDone >= bytes) cts.Cancel(); }
+    }
+
+    [Fact]
+    public async Task Cancelling_an_upload_stops_it_and_cancels_the_task()
+    {
+        var (fake, session) = await StartAsync();
+        await using var _ = fake;
+        await using var __ = session;
+        var release = new TaskCompletionSource();
+        long received = 0;
+        fake.HttpHandler = async (req, ct) =>
+        {
+            await FakeHttpServer.WriteResponseAsync(req.Connection, 200, "OK", XapiStreamHeaders(req.Query["task_id"]), null, ct);
+            var buffer = new byte[65536];
+            try
+            {
+                int n;
+                while ((n = await req.Connection.ReadAsync(buffer, ct)) > 0) Interlocked.Add(ref received, n);
+            }
+            catch (IOException) { }
+            await release.Task.WaitAsync(ct);
+            return false;
+        };
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        const long announced = 1L << 40; // 1 TiB: the upload can only end by cancellation
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() =>
+            new XapiHttpTransfer(session).ImportRawVdiAsync("OpaqueRef:vdi-1", new ZeroStream(), announced, "raw", new CancelAfter(cts, 3 << 20), cts.Token));
+        release.SetResult();
+        Assert.True(Interlocked.Read(ref received) < announced);
+        Assert.Single(fake.Calls, c => c.Method == "task.cancel");
+        Assert.Empty(fake.Tasks);
+    }
+
+    [Fact]
+    public async Task Host_hanging_up_mid_upload_reports_the_task_error()
+    {
+        var (fake, session) = await StartAsync();
+        await using var _ = fake;
+        await using var __ = session;
+        fake.HttpHandler = async (req, ct) =>
+        {
+            await FakeHttpServer.WriteResponseAsync(req.Connection, 200, "OK", XapiStreamHeaders(req.Query["task_id"]), null, ct);
+            var first = new byte[1 << 20];
+            await req.Connection.ReadExactlyAsync(first, ct);
+            fake.FailTask(req.Query["task_id"], "VDI_IO_ERROR", "Device I/O errors");
+            return false; // closes with the rest of the upload unread
+        };
+        var ex = await Assert.ThrowsAsync<XapiException>(() =>
+            new XapiHttpTransfer(session).ImportRawVdiAsync("OpaqueRef:vdi-1", new ZeroStream(), 256L << 20, ct: Bounded()));
+        Assert.Equal("VDI_IO_ERROR", ex.ErrorCode);
         Assert.Empty(fake.Tasks);
     }
 

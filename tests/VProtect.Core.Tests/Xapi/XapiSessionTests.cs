@@ -50,6 +50,15 @@ public class XapiSessionTests
     }
 
     [Fact]
+    public async Task Network_credential_login_sends_domain_user()
+    {
+        await using var fake = new FakeXapi().WithStandardPool(user: "CORP\\backup", password: "pw");
+        await using var session = await XapiSession.LoginAsync(fake.Url, new System.Net.NetworkCredential("backup", "pw", "CORP"), Options(XapiProtocol.XmlRpc), Bounded());
+        Assert.Equal("CORP\\backup", session.UserName);
+        Assert.Equal("CORP\\backup", fake.Calls.First().Args[0]);
+    }
+
+    [Fact]
     public async Task Old_api_stays_on_json_v1()
     {
         await using var fake = new FakeXapi { ApiMajor = 2, ApiMinor = 7 }.WithStandardPool();
@@ -169,6 +178,33 @@ public class XapiSessionTests
         Assert.Equal(2, vmCalls.Length);
         Assert.Equal(first, vmCalls[0].Args[0]);
         Assert.Equal(session.OpaqueRef, vmCalls[1].Args[0]);
+    }
+
+    [Fact]
+    public async Task Concurrent_calls_on_an_expired_session_log_in_again_only_once()
+    {
+        await using var fake = new FakeXapi().WithStandardPool();
+        fake.Methods["VM.get_all"] = _ => FakeXapi.Ok(Array.Empty<object?>());
+        await using var session = await XapiSession.LoginAsync(fake.Url, "root", "secret", Options(XapiProtocol.XmlRpc), Bounded());
+        fake.InvalidateAllSessions();
+
+        await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => session.CallAsync("VM.get_all", Array.Empty<object?>(), Bounded())));
+
+        Assert.Equal(2, fake.Calls.Count(c => c.Method == "session.login_with_password"));
+        // Every call succeeded exactly once, on the one new session.
+        Assert.Equal(8, fake.Calls.Count(c => c.Method == "VM.get_all" && (string?)c.Args[0] == session.OpaqueRef));
+        Assert.Contains(session.OpaqueRef, fake.ValidSessions);
+    }
+
+    [Fact]
+    public async Task Concurrent_json_calls_get_distinct_ids_and_answers()
+    {
+        await using var fake = new FakeXapi().WithStandardPool();
+        fake.Methods["VM.get_name_label"] = args => FakeXapi.Ok("name-of-" + args[1]);
+        await using var session = await XapiSession.LoginAsync(fake.Url, "root", "secret", Options(XapiProtocol.JsonRpc), Bounded());
+        var refs = Enumerable.Range(0, 16).Select(i => $"OpaqueRef:vm-{i}").ToArray();
+        var names = await Task.WhenAll(refs.Select(r => session.CallAsync("VM.get_name_label", new object?[] { r }, Bounded())));
+        Assert.Equal(refs.Select(r => "name-of-" + r), names);
     }
 
     [Fact]
