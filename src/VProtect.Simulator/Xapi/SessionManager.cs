@@ -44,7 +44,7 @@ internal sealed class SessionManager
         var now = DateTime.UtcNow;
         var s = _core.Db.Create("session", new Dictionary<string, object?>
         {
-            ["this_host"] = c.Origin.HostRef == Schema.NullRef ? _core.MasterRef : c.Origin.HostRef,
+            ["this_host"] = _core.HostRefFor(c.Origin),
             ["last_active"] = now,
             ["validation_time"] = now,
             ["is_local_superuser"] = true,
