@@ -129,6 +129,10 @@ internal sealed class XapiDatabase
                         .Select(o => (object?)o.Ref).ToArray();
                 else rec[f.Name] = Copy(obj.Fields.TryGetValue(f.Name, out var v) ? v : f.NewDefault());
             }
+            if (obj.Class == "VM") rec["allowed_operations"] = AllowedOperations.Vm(rec);
+            else if (obj.Class == "VDI")
+                rec["allowed_operations"] = AllowedOperations.Vdi(rec, Referrers(obj.Ref).Any(o => o.Class == "VBD" && o.Bool("currently_attached")
+                    && o.Str("VDI") == obj.Ref && !(_byRef.TryGetValue(o.Str("VM"), out var vm) && vm.Bool("is_a_snapshot"))));
             return rec;
         }
     }
@@ -156,7 +160,7 @@ internal sealed class XapiDatabase
     {
         var spec = Schema.Get(obj.Class);
         if (!spec.TryGetField(field, out var f)) throw new InvalidOperationException($"{obj.Class} has no field {field}");
-        if (f.Inverse is not null) return Record(obj)[field];
+        if (f.Inverse is not null || field == "allowed_operations") return Record(obj)[field];
         lock (Gate) return Copy(obj.Fields.TryGetValue(field, out var v) ? v : f.NewDefault());
     }
 
