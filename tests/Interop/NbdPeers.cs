@@ -125,8 +125,9 @@ internal sealed class NbdkitProcess : IAsyncDisposable
         var exe = NbdPeers.Require("nbdkit", "nbdkit");
         string name = Guid.NewGuid().ToString("N")[..8];
         string socket = dir.File($"nbdkit-{name}.sock"), pidFile = dir.File($"nbdkit-{name}.pid");
-        var psi = new ProcessStartInfo(exe) { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { "-f", "-U", socket, "-P", pidFile }.Concat(args)) psi.ArgumentList.Add(a);
+        // setsid: nbdkit gets its own session and process group, away from signals aimed at the test host's group.
+        var psi = new ProcessStartInfo(NbdPeers.Require("setsid", "util-linux")) { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { exe, "-f", "-U", socket, "-P", pidFile }.Concat(args)) psi.ArgumentList.Add(a);
         var p = Process.Start(psi)!;
         var peer = new NbdkitProcess(p, socket);
         _ = p.StandardOutput.ReadToEndAsync();
