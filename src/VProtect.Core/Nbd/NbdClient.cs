@@ -15,37 +15,46 @@ public sealed partial class NbdClient : IAsyncDisposable
     private int _nextConnection;
     private int _disposed;
 
-    private NbdClient(NbdClientOptions options, NbdConnection first, int count)
+    private NbdClient(NbdClientOptions options, List<NbdConnection> connections)
     {
         _options = options;
-        Export = first.Export;
-        _connections = new NbdConnection?[count];
-        _connections[0] = first;
-        _reconnectLocks = Enumerable.Range(0, count).Select(_ => new SemaphoreSlim(1, 1)).ToArray();
+        Export = connections[0].Export;
+        _connections = [.. connections];
+        _reconnectLocks = connections.Select(_ => new SemaphoreSlim(1, 1)).ToArray();
         // Without NBD_INFO_BLOCK_SIZE the spec asks for 512-byte alignment (and xapi-nbd answers EINVAL otherwise).
         Alignment = Export.HasBlockSizeInfo ? Export.MinimumBlockSize : 512;
         int max = Math.Min(Export.MaximumPayload, options.RequestSize);
         RequestSize = Math.Max(Alignment, max / Alignment * Alignment);
     }
 
-    /// <summary>Opens the first connection, then (sequentially, as XO does to spare xapi) the others the server allows.</summary>
+    /// <summary>
+    /// Opens the first connection, then (sequentially, as XO does to spare xapi) the others the server allows.
+    /// A server that accepts fewer connections than asked (qemu-nbd --shared=1, a busy xapi-nbd) leaves a smaller pool.
+    /// </summary>
     public static async Task<NbdClient> ConnectAsync(NbdClientOptions options, CancellationToken cancellationToken)
     {
         options.Validate();
         var first = await NbdConnection.ConnectAsync(options, cancellationToken);
         var info = first.Export;
         int count = info.CanMultiConn || info.ReadOnly ? options.Connections : 1;
-        var client = new NbdClient(options, first, count);
-        try
+        var connections = new List<NbdConnection> { first };
+        var extra = options with { ConnectTimeout = TimeSpan.FromTicks(Math.Min(options.ConnectTimeout.Ticks, TimeSpan.FromSeconds(5).Ticks)) };
+        for (int i = 1; i < count; i++)
         {
-            for (int i = 1; i < count; i++) client._connections[i] = await NbdConnection.ConnectAsync(options, cancellationToken);
+            try
+            {
+                var c = await NbdConnection.ConnectAsync(extra, cancellationToken);
+                if (c.Export.Size != info.Size || c.Export.Flags != info.Flags) { await c.DisposeAsync(); break; }
+                connections.Add(c);
+            }
+            catch (NbdException) when (!cancellationToken.IsCancellationRequested) { break; }
+            catch
+            {
+                foreach (var c in connections) await c.DisposeAsync();
+                throw;
+            }
         }
-        catch
-        {
-            await client.DisposeAsync();
-            throw;
-        }
-        return client;
+        return new NbdClient(options, connections);
     }
 
     public NbdExportInfo Export { get; }
