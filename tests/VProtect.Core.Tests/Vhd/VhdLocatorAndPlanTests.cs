@@ -175,3 +175,34 @@ public class VhdLocatorAndPlanTests : IDisposable
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => VhdStreamReader.ApplyAsync(new MemoryStream(image), new SparseMemoryDisk(disk.Length), "x", null, null, cts.Token));
     }
 }
+
+public class VhdXapiPresetTests
+{
+    [Fact]
+    public async Task Xapi_like_delta_has_vhd_tool_layout_and_identity()
+    {
+        var disk = new SparseMemoryDisk(6L << 20);
+        await disk.WriteAsync(2L << 20, new byte[] { 1 }, default);
+        var parentId = Guid.NewGuid();
+        var options = VhdWriteOptions.LikeXapiExport(parentId, "/var/run/sr-mount/sr/base.vhd");
+        // xapi sends whole blocks with all-ones bitmaps.
+        var plan = VhdBlockPlan.FromBlocks(disk.Length, new[] { new VhdPlannedBlock(1, null) });
+        var image = await WriteVhdAsync(disk, plan, options);
+        using var file = await OpenBytesAsync(image);
+        Assert.Equal(VhdDiskType.Differencing, file.DiskType);
+        Assert.Equal("caml", file.Footer.CreatorApplication);
+        Assert.Equal(0u, file.Footer.Timestamp);
+        Assert.Equal(parentId, file.Header!.ParentUniqueId);
+        Assert.Equal(2048UL, file.Header.TableOffset);
+        Assert.Equal("file:///var/run/sr-mount/sr/base.vhd", Assert.Single(await file.ReadParentLocatorsAsync()).Path);
+        Assert.True(file.IsBlockAllocated(1));
+        Assert.False(file.IsBlockAllocated(0));
+        var streamed = new byte[disk.Length];
+        streamed.AsSpan().Fill(0xEE); // parent content outside block 1 must survive
+        await VhdStreamReader.ApplyAsync(new MemoryStream(image), new ModelTarget(streamed), "x");
+        Assert.Equal(0xEE, streamed[0]);
+        Assert.Equal(1, streamed[2 << 20]);
+        Assert.Equal(0, streamed[(2 << 20) + 1]);
+        Assert.Equal(0xEE, streamed[4 << 20]);
+    }
+}

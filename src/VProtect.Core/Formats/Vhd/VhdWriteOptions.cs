@@ -30,4 +30,24 @@ public sealed record VhdWriteOptions
     public DateTimeOffset Timestamp { get; init; } = DateTimeOffset.UtcNow;
     /// <summary>Set to write a differencing VHD (disk type 4) instead of a dynamic one.</summary>
     public VhdParentIdentity? Parent { get; init; }
+
+    /// <summary>
+    /// Options that reproduce what xapi's vhd-tool emits for /export_raw_vdi?format=vhd (research notes 4.5):
+    /// creator "caml" version 1, host OS 0, timestamp 0, a fresh unique id, and for a delta one MacX
+    /// "file://" locator naming the parent path. For the simulator; note qemu reports a CHS-rounded size for
+    /// "caml" images (see <see cref="CreatorApplication"/>).
+    /// </summary>
+    public static VhdWriteOptions LikeXapiExport(Guid? parentUniqueId = null, string? parentPath = null, DateTimeOffset? parentModified = null) => new()
+    {
+        CreatorApplication = "caml",
+        CreatorVersion = 0x00000001,
+        CreatorHostOs = 0,
+        Timestamp = VhdFormat.FromTimestamp(0),
+        Parent = parentUniqueId is Guid id
+            ? new VhdParentIdentity(id, parentModified ?? VhdFormat.FromTimestamp(0), parentPath ?? "")
+            {
+                Locators = parentPath is null ? Array.Empty<VhdParentPath>() : new[] { new VhdParentPath(VhdLocatorPlatform.MacX, "file://" + parentPath) },
+            }
+            : null,
+    };
 }
