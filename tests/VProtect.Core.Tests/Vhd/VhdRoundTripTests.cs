@@ -20,7 +20,7 @@ public class VhdRoundTripTests
         var model = new byte[size];
         await FillAsync(rng, disk, model, RandomExtents(rng, size, 25, 700_000));
         var plan = await VhdBlockPlan.FromSourceAsync(disk, blockSize);
-        var options = new VhdWriteOptions();
+        var options = new VhdWriteOptions { ReadAhead = seed }; // 1..4: no overlap, overlap, concurrent reads
         var image = await WriteVhdAsync(disk, plan, options);
 
         Assert.Equal(VhdStreamWriter.ComputeLength(plan, options), image.Length);

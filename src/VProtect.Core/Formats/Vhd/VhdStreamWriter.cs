@@ -87,36 +87,34 @@ public static class VhdStreamWriter
         finally { ArrayPool<byte>.Shared.Return(bat); }
         progress?.Report(new TransferProgress(done, total));
 
-        // Blocks: read block i+1 from the source while block i is being written.
-        var buffers = new[] { ArrayPool<byte>.Shared.Rent((int)blockBytes), ArrayPool<byte>.Shared.Rent((int)blockBytes) };
+        // Blocks: up to ReadAhead blocks are read from the source while the current one is written.
+        int depth = Math.Clamp(options.ReadAhead, 1, 16);
+        var buffers = new byte[depth][];
+        var pending = new Task?[depth];
+        for (int k = 0; k < depth; k++) buffers[k] = ArrayPool<byte>.Shared.Rent((int)blockBytes);
         try
         {
-            Task? pendingRead = null;
-            if (plan.Blocks.Count > 0) pendingRead = FillBlockAsync(source, plan, plan.Blocks[0], buffers[0].AsMemory(0, (int)blockBytes), bitmapBytes, cancellationToken);
-            for (int i = 0; i < plan.Blocks.Count; i++)
+            var blocks = plan.Blocks;
+            for (int i = 0; i < Math.Min(depth, blocks.Count); i++)
+                pending[i] = FillBlockAsync(source, plan, blocks[i], buffers[i].AsMemory(0, (int)blockBytes), bitmapBytes, cancellationToken);
+            for (int i = 0; i < blocks.Count; i++)
             {
-                await pendingRead!.ConfigureAwait(false);
-                var current = buffers[i & 1];
-                pendingRead = i + 1 < plan.Blocks.Count
-                    ? FillBlockAsync(source, plan, plan.Blocks[i + 1], buffers[(i + 1) & 1].AsMemory(0, (int)blockBytes), bitmapBytes, cancellationToken)
-                    : null;
-                try
-                {
-                    await output.WriteAsync(current.AsMemory(0, (int)blockBytes), cancellationToken).ConfigureAwait(false);
-                }
-                catch
-                {
-                    if (pendingRead is not null) { try { await pendingRead.ConfigureAwait(false); } catch { /* the write failure is the one to report */ } }
-                    throw;
-                }
+                int slot = i % depth;
+                await pending[slot]!.ConfigureAwait(false);
+                pending[slot] = null;
+                await output.WriteAsync(buffers[slot].AsMemory(0, (int)blockBytes), cancellationToken).ConfigureAwait(false);
+                if (i + depth < blocks.Count)
+                    pending[slot] = FillBlockAsync(source, plan, blocks[i + depth], buffers[slot].AsMemory(0, (int)blockBytes), bitmapBytes, cancellationToken);
                 done += blockBytes;
                 progress?.Report(new TransferProgress(done, total));
             }
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(buffers[0]);
-            ArrayPool<byte>.Shared.Return(buffers[1]);
+            // Never hand a buffer back to the pool while a read may still fill it.
+            foreach (var t in pending)
+                if (t is not null) { try { await t.ConfigureAwait(false); } catch { /* the first failure is already propagating */ } }
+            foreach (var b in buffers) ArrayPool<byte>.Shared.Return(b);
         }
         await output.WriteAsync(footerBytes, cancellationToken).ConfigureAwait(false);
         done += footerBytes.Length;

@@ -28,6 +28,12 @@ public sealed record VhdWriteOptions
     public uint CreatorHostOs { get; init; } = 0x5769326B;
     public Guid UniqueId { get; init; } = Guid.NewGuid();
     public DateTimeOffset Timestamp { get; init; } = DateTimeOffset.UtcNow;
+    /// <summary>
+    /// Block buffers in flight (1..16). 2 (default): the next block is read while the current one is written,
+    /// source reads stay sequential. Above 2 the source sees concurrent reads, so use it only with sources that
+    /// allow them (files, VHDs, NBD). Memory: ReadAhead x (block size + bitmap).
+    /// </summary>
+    public int ReadAhead { get; init; } = 2;
     /// <summary>Set to write a differencing VHD (disk type 4) instead of a dynamic one.</summary>
     public VhdParentIdentity? Parent { get; init; }
 
