@@ -206,3 +206,56 @@ public class VhdXapiPresetTests
         Assert.Equal(0xEE, streamed[4 << 20]);
     }
 }
+
+public class VhdBlockPlanTests
+{
+    [Fact]
+    public void Plan_sectors_equal_a_per_sector_model_for_random_overlapping_extents()
+    {
+        var rng = new Random(123);
+        for (int iter = 0; iter < 60; iter++)
+        {
+            int blockSize = 1 << rng.Next(12, 22);
+            int spb = blockSize / 512;
+            long size = rng.NextInt64(1, 40) * 64 * 1024 + rng.Next(0, 128) * 512L;
+            var extents = new List<Extent>();
+            var model = new bool[size / 512];
+            for (int k = rng.Next(0, 30); k > 0; k--)
+            {
+                long off = rng.NextInt64(size);
+                long len = rng.NextInt64(1, Math.Min(size - off, 3L * blockSize) + 1);
+                extents.Add(new Extent(off, len));
+                for (long s = off / 512; s < (off + len + 511) / 512; s++) model[s] = true;
+            }
+            var plan = VhdBlockPlan.FromExtents(size, extents, blockSize);
+            var actual = new bool[size / 512];
+            uint last = 0; bool first = true;
+            foreach (var b in plan.Blocks)
+            {
+                Assert.True(first || b.Index > last, "blocks ascending and unique");
+                first = false; last = b.Index;
+                for (int s = 0; s < spb && (long)b.Index * spb + s < actual.Length; s++)
+                    actual[(long)b.Index * spb + s] = b.IsFull || VhdSectorBitmap.Get(b.SectorBitmap!, s);
+            }
+            Assert.Equal(model, actual);
+        }
+    }
+
+    [Fact]
+    public async Task Source_with_descending_extents_is_refused()
+    {
+        await Assert.ThrowsAsync<ArgumentException>(() => VhdBlockPlan.FromSourceAsync(new BackwardsSource()));
+    }
+
+    private sealed class BackwardsSource : IBlockSource
+    {
+        public long Length => 8 << 20;
+        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) => ValueTask.CompletedTask;
+        public async IAsyncEnumerable<Extent> GetAllocatedExtentsAsync(long offset, long length, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
+        {
+            await Task.CompletedTask;
+            yield return new Extent(4 << 20, 4096);
+            yield return new Extent(0, 4096);
+        }
+    }
+}
