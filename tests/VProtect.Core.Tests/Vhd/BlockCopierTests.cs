@@ -33,7 +33,7 @@ public class BlockCopierTests
     public async Task A_failing_target_fails_the_copy_with_its_own_error()
     {
         var disk = new SparseMemoryDisk(32L << 20);
-        await disk.WriteAsync(0, new byte[32 << 20].Select((_, i) => (byte)i).ToArray(), default);
+        var data = new byte[32 << 20]; new Random(1).NextBytes(data); await disk.WriteAsync(0, data, default);
         var ex = await Assert.ThrowsAsync<IOException>(() => BlockCopier.CopyAsync(disk, new FailingTarget(disk.Length), new BlockCopyOptions { Concurrency = 4 }));
         Assert.Equal("disk full", ex.Message);
     }
@@ -66,7 +66,7 @@ public class VhdStreamTargetFailureTests
     public async Task A_failing_target_fails_the_streamed_apply_with_its_own_error()
     {
         var disk = new SparseMemoryDisk(16L << 20);
-        await disk.WriteAsync(0, Enumerable.Range(0, 16 << 20).Select(i => (byte)i).ToArray(), default);
+        var data = new byte[16 << 20]; new Random(2).NextBytes(data); await disk.WriteAsync(0, data, default);
         using var ms = new MemoryStream();
         await VhdStreamWriter.WriteAsync(disk, await VhdBlockPlan.FromSourceAsync(disk), ms);
         var target = new CountingFailingTarget(disk.Length, failAfter: 5);
