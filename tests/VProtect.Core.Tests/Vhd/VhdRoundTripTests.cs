@@ -153,6 +153,7 @@ public class VhdRoundTripTests
     {
         Assert.Throws<ArgumentOutOfRangeException>(() => VhdBlockPlan.FromExtents(VhdFormat.MaxDiskSize + (2 << 20), Array.Empty<Extent>()));
         Assert.Throws<ArgumentOutOfRangeException>(() => VhdBlockPlan.FromExtents(1000, Array.Empty<Extent>()));
+        Assert.Throws<ArgumentOutOfRangeException>(() => VhdBlockPlan.FromExtents(1L << 40, Array.Empty<Extent>(), 4096)); // 256 M entries
         Assert.Throws<ArgumentOutOfRangeException>(() => VhdBlockPlan.FromExtents(1 << 20, new[] { new Extent(1 << 20, 512) }));
         var disk = new SparseMemoryDisk(4 << 20);
         var plan = VhdBlockPlan.FromExtents(2 << 20, Array.Empty<Extent>());

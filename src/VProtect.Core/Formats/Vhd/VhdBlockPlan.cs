@@ -158,5 +158,7 @@ public sealed class VhdBlockPlan
             throw new ArgumentOutOfRangeException(nameof(diskSize), $"VHD cannot hold {diskSize} bytes: the format's limit is 2040 GiB ({VhdFormat.MaxDiskSize}). Use raw or CBT backups for larger disks.");
         if (blockSize < VhdFormat.SectorSize || blockSize > VhdFormat.MaxBlockSize || !int.IsPow2(blockSize))
             throw new ArgumentOutOfRangeException(nameof(blockSize), $"VHD block size must be a power of two from 512 bytes to 64 MiB, got {blockSize}.");
+        if ((diskSize + blockSize - 1) / blockSize > VhdFormat.MaxTableEntries)
+            throw new ArgumentOutOfRangeException(nameof(blockSize), $"A {diskSize}-byte disk in {blockSize}-byte blocks needs more than {VhdFormat.MaxTableEntries} block table entries; use a larger block size (2 MiB is standard).");
     }
 }
