@@ -259,3 +259,33 @@ public class VhdBlockPlanTests
         }
     }
 }
+
+public class VhdFileWriterTests
+{
+    [Theory]
+    [InlineData(1, false)]
+    [InlineData(4, false)]
+    [InlineData(3, true)]
+    public async Task Parallel_file_writer_produces_the_stream_writers_bytes(int concurrency, bool differencing)
+    {
+        var rng = new Random(concurrency);
+        long size = (30L << 20) + 4096;
+        var disk = new SparseMemoryDisk(size);
+        await FillAsync(rng, disk, new byte[size], RandomExtents(rng, size, 30, 900_000));
+        var plan = differencing ? VhdBlockPlan.FromExtents(size, RandomExtents(rng, size, 20, 300_000)) : await VhdBlockPlan.FromSourceAsync(disk);
+        var options = new VhdWriteOptions
+        {
+            UniqueId = Guid.NewGuid(), Timestamp = DateTimeOffset.FromUnixTimeSeconds(1_800_000_000),
+            Parent = differencing ? new VhdParentIdentity(Guid.NewGuid(), DateTimeOffset.UtcNow, "p") { Locators = new[] { new VhdParentPath(VhdLocatorPlatform.W2ru, "p.vhd") } } : null,
+        };
+        var expected = await WriteVhdAsync(disk, plan, options);
+        var path = Path.Combine(Path.GetTempPath(), $"vhdfile-{Guid.NewGuid():N}.vhd");
+        try
+        {
+            using (var handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite))
+                await VhdStreamWriter.WriteFileAsync(disk, plan, handle, options, concurrency);
+            AssertEqualBytes(expected, await File.ReadAllBytesAsync(path));
+        }
+        finally { File.Delete(path); }
+    }
+}
