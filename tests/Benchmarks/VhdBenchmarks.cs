@@ -70,7 +70,7 @@ public sealed class VhdBenchmarks : IBenchmark
         using var source = new RawFile(raw);
         var plan = await VhdBlockPlan.FromSourceAsync(source, cancellationToken: cancellationToken);
         await using var output = new FileStream(vhd, FileMode.Create, FileAccess.Write, FileShare.None, 0, FileOptions.Asynchronous);
-        await VhdStreamWriter.WriteAsync(source, plan, output, new VhdWriteOptions(), cancellationToken: cancellationToken);
+        await VhdStreamWriter.WriteAsync(source, plan, output, new VhdWriteOptions { ReadAhead = 4 }, cancellationToken: cancellationToken);
         output.Flush(flushToDisk: true);
     }
 

@@ -33,7 +33,7 @@ public class BlockCopierTests
     public async Task A_failing_target_fails_the_copy_with_its_own_error()
     {
         var disk = new SparseMemoryDisk(32L << 20);
-        await disk.WriteAsync(0, new byte[32 << 20].Select((_, i) => (byte)i).ToArray(), default);
+        var data = new byte[32 << 20]; new Random(1).NextBytes(data); await disk.WriteAsync(0, data, default);
         var ex = await Assert.ThrowsAsync<IOException>(() => BlockCopier.CopyAsync(disk, new FailingTarget(disk.Length), new BlockCopyOptions { Concurrency = 4 }));
         Assert.Equal("disk full", ex.Message);
     }
@@ -57,5 +57,54 @@ public class BlockCopierTests
             Interlocked.Increment(ref _writes) > 3 ? ValueTask.FromException(new IOException("disk full")) : ValueTask.CompletedTask;
         public ValueTask WriteZeroesAsync(long offset, long length, CancellationToken cancellationToken) => ValueTask.CompletedTask;
         public ValueTask FlushAsync(CancellationToken cancellationToken) => ValueTask.CompletedTask;
+    }
+}
+
+public class VhdStreamTargetFailureTests
+{
+    [Fact]
+    public async Task A_failing_target_fails_the_streamed_apply_with_its_own_error()
+    {
+        var disk = new SparseMemoryDisk(16L << 20);
+        var data = new byte[16 << 20]; new Random(2).NextBytes(data); await disk.WriteAsync(0, data, default);
+        using var ms = new MemoryStream();
+        await VhdStreamWriter.WriteAsync(disk, await VhdBlockPlan.FromSourceAsync(disk), ms);
+        var target = new CountingFailingTarget(disk.Length, failAfter: 5);
+        var ex = await Assert.ThrowsAsync<IOException>(() => VhdStreamReader.ApplyAsync(new MemoryStream(ms.ToArray()), target, "x"));
+        Assert.Equal("write failed", ex.Message);
+    }
+
+    [Fact]
+    public async Task A_source_that_fails_mid_stream_surfaces_its_error()
+    {
+        var disk = new SparseMemoryDisk(8L << 20);
+        await disk.WriteAsync(0, new byte[] { 1 }, default);
+        await disk.WriteAsync(7L << 20, new byte[] { 1 }, default);
+        using var ms = new MemoryStream();
+        await VhdStreamWriter.WriteAsync(disk, await VhdBlockPlan.FromSourceAsync(disk), ms);
+        var image = ms.ToArray();
+        var stream = new FailingStream(image, failAt: image.Length / 2);
+        await Assert.ThrowsAsync<IOException>(() => VhdStreamReader.ApplyAsync(stream, new SparseMemoryDisk(disk.Length), "x"));
+    }
+
+    private sealed class CountingFailingTarget(long length, int failAfter) : IBlockTarget
+    {
+        private int _writes;
+        public long Length => length;
+        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) =>
+            Interlocked.Increment(ref _writes) > failAfter ? ValueTask.FromException(new IOException("write failed")) : ValueTask.CompletedTask;
+        public ValueTask WriteZeroesAsync(long offset, long length, CancellationToken cancellationToken) => ValueTask.CompletedTask;
+        public ValueTask FlushAsync(CancellationToken cancellationToken) => ValueTask.CompletedTask;
+    }
+
+    /// <summary>A network stream that dies (connection reset) after <paramref name="failAt"/> bytes.</summary>
+    private sealed class FailingStream(byte[] data, int failAt) : MemoryStream(data)
+    {
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            if (Position >= failAt) return ValueTask.FromException<int>(new IOException("connection reset"));
+            int n = (int)Math.Min(buffer.Length, failAt - Position);
+            return base.ReadAsync(buffer[..n], cancellationToken);
+        }
     }
 }

@@ -190,7 +190,7 @@ public class VhdHostileInputTests
         var valid = await ValidImageAsync(9);
         var rng = new Random(1234);
         int refused = 0;
-        for (int iter = 0; iter < 300; iter++)
+        for (int iter = 0; iter < 150; iter++)
         {
             var image = (byte[])valid.Clone();
             int flips = rng.Next(1, 6);

@@ -175,3 +175,117 @@ public class VhdLocatorAndPlanTests : IDisposable
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => VhdStreamReader.ApplyAsync(new MemoryStream(image), new SparseMemoryDisk(disk.Length), "x", null, null, cts.Token));
     }
 }
+
+public class VhdXapiPresetTests
+{
+    [Fact]
+    public async Task Xapi_like_delta_has_vhd_tool_layout_and_identity()
+    {
+        var disk = new SparseMemoryDisk(6L << 20);
+        await disk.WriteAsync(2L << 20, new byte[] { 1 }, default);
+        var parentId = Guid.NewGuid();
+        var options = VhdWriteOptions.LikeXapiExport(parentId, "/var/run/sr-mount/sr/base.vhd");
+        // xapi sends whole blocks with all-ones bitmaps.
+        var plan = VhdBlockPlan.FromBlocks(disk.Length, new[] { new VhdPlannedBlock(1, null) });
+        var image = await WriteVhdAsync(disk, plan, options);
+        using var file = await OpenBytesAsync(image);
+        Assert.Equal(VhdDiskType.Differencing, file.DiskType);
+        Assert.Equal("caml", file.Footer.CreatorApplication);
+        Assert.Equal(0u, file.Footer.Timestamp);
+        Assert.Equal(parentId, file.Header!.ParentUniqueId);
+        Assert.Equal(2048UL, file.Header.TableOffset);
+        Assert.Equal("file:///var/run/sr-mount/sr/base.vhd", Assert.Single(await file.ReadParentLocatorsAsync()).Path);
+        Assert.True(file.IsBlockAllocated(1));
+        Assert.False(file.IsBlockAllocated(0));
+        var streamed = new byte[disk.Length];
+        streamed.AsSpan().Fill(0xEE); // parent content outside block 1 must survive
+        await VhdStreamReader.ApplyAsync(new MemoryStream(image), new ModelTarget(streamed), "x");
+        Assert.Equal(0xEE, streamed[0]);
+        Assert.Equal(1, streamed[2 << 20]);
+        Assert.Equal(0, streamed[(2 << 20) + 1]);
+        Assert.Equal(0xEE, streamed[4 << 20]);
+    }
+}
+
+public class VhdBlockPlanTests
+{
+    [Fact]
+    public void Plan_sectors_equal_a_per_sector_model_for_random_overlapping_extents()
+    {
+        var rng = new Random(123);
+        for (int iter = 0; iter < 60; iter++)
+        {
+            int blockSize = 1 << rng.Next(12, 22);
+            int spb = blockSize / 512;
+            long size = rng.NextInt64(1, 40) * 64 * 1024 + rng.Next(0, 128) * 512L;
+            var extents = new List<Extent>();
+            var model = new bool[size / 512];
+            for (int k = rng.Next(0, 30); k > 0; k--)
+            {
+                long off = rng.NextInt64(size);
+                long len = rng.NextInt64(1, Math.Min(size - off, 3L * blockSize) + 1);
+                extents.Add(new Extent(off, len));
+                for (long s = off / 512; s < (off + len + 511) / 512; s++) model[s] = true;
+            }
+            var plan = VhdBlockPlan.FromExtents(size, extents, blockSize);
+            var actual = new bool[size / 512];
+            uint last = 0; bool first = true;
+            foreach (var b in plan.Blocks)
+            {
+                Assert.True(first || b.Index > last, "blocks ascending and unique");
+                first = false; last = b.Index;
+                for (int s = 0; s < spb && (long)b.Index * spb + s < actual.Length; s++)
+                    actual[(long)b.Index * spb + s] = b.IsFull || VhdSectorBitmap.Get(b.SectorBitmap!, s);
+            }
+            Assert.Equal(model, actual);
+        }
+    }
+
+    [Fact]
+    public async Task Source_with_descending_extents_is_refused()
+    {
+        await Assert.ThrowsAsync<ArgumentException>(() => VhdBlockPlan.FromSourceAsync(new BackwardsSource()));
+    }
+
+    private sealed class BackwardsSource : IBlockSource
+    {
+        public long Length => 8 << 20;
+        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) => ValueTask.CompletedTask;
+        public async IAsyncEnumerable<Extent> GetAllocatedExtentsAsync(long offset, long length, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
+        {
+            await Task.CompletedTask;
+            yield return new Extent(4 << 20, 4096);
+            yield return new Extent(0, 4096);
+        }
+    }
+}
+
+public class VhdFileWriterTests
+{
+    [Theory]
+    [InlineData(1, false)]
+    [InlineData(4, false)]
+    [InlineData(3, true)]
+    public async Task Parallel_file_writer_produces_the_stream_writers_bytes(int concurrency, bool differencing)
+    {
+        var rng = new Random(concurrency);
+        long size = (30L << 20) + 4096;
+        var disk = new SparseMemoryDisk(size);
+        await FillAsync(rng, disk, new byte[size], RandomExtents(rng, size, 30, 900_000));
+        var plan = differencing ? VhdBlockPlan.FromExtents(size, RandomExtents(rng, size, 20, 300_000)) : await VhdBlockPlan.FromSourceAsync(disk);
+        var options = new VhdWriteOptions
+        {
+            UniqueId = Guid.NewGuid(), Timestamp = DateTimeOffset.FromUnixTimeSeconds(1_800_000_000),
+            Parent = differencing ? new VhdParentIdentity(Guid.NewGuid(), DateTimeOffset.UtcNow, "p") { Locators = new[] { new VhdParentPath(VhdLocatorPlatform.W2ru, "p.vhd") } } : null,
+        };
+        var expected = await WriteVhdAsync(disk, plan, options);
+        var path = Path.Combine(Path.GetTempPath(), $"vhdfile-{Guid.NewGuid():N}.vhd");
+        try
+        {
+            using (var handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite))
+                await VhdStreamWriter.WriteFileAsync(disk, plan, handle, options, concurrency);
+            AssertEqualBytes(expected, await File.ReadAllBytesAsync(path));
+        }
+        finally { File.Delete(path); }
+    }
+}

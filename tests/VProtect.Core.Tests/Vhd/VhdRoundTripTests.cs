@@ -20,7 +20,7 @@ public class VhdRoundTripTests
         var model = new byte[size];
         await FillAsync(rng, disk, model, RandomExtents(rng, size, 25, 700_000));
         var plan = await VhdBlockPlan.FromSourceAsync(disk, blockSize);
-        var options = new VhdWriteOptions();
+        var options = new VhdWriteOptions { ReadAhead = seed }; // 1..4: no overlap, overlap, concurrent reads
         var image = await WriteVhdAsync(disk, plan, options);
 
         Assert.Equal(VhdStreamWriter.ComputeLength(plan, options), image.Length);
@@ -153,6 +153,7 @@ public class VhdRoundTripTests
     {
         Assert.Throws<ArgumentOutOfRangeException>(() => VhdBlockPlan.FromExtents(VhdFormat.MaxDiskSize + (2 << 20), Array.Empty<Extent>()));
         Assert.Throws<ArgumentOutOfRangeException>(() => VhdBlockPlan.FromExtents(1000, Array.Empty<Extent>()));
+        Assert.Throws<ArgumentOutOfRangeException>(() => VhdBlockPlan.FromExtents(1L << 40, Array.Empty<Extent>(), 4096)); // 256 M entries
         Assert.Throws<ArgumentOutOfRangeException>(() => VhdBlockPlan.FromExtents(1 << 20, new[] { new Extent(1 << 20, 512) }));
         var disk = new SparseMemoryDisk(4 << 20);
         var plan = VhdBlockPlan.FromExtents(2 << 20, Array.Empty<Extent>());

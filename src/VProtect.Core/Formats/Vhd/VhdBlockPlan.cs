@@ -62,62 +62,79 @@ public sealed class VhdBlockPlan
     }
 
     /// <summary>
-    /// Plan covering byte extents (any order). Extents are widened to whole sectors; a block fully covered
-    /// (up to the disk end) is full, others get a partial bitmap.
+    /// Plan covering byte extents (any order, may overlap). Extents are widened to whole sectors; a block fully
+    /// covered (up to the disk end) is full, others get a partial bitmap.
     /// </summary>
     public static VhdBlockPlan FromExtents(long diskSize, IEnumerable<Extent> extents, int blockSize = VhdFormat.DefaultBlockSize)
     {
         ValidateGeometry(diskSize, blockSize);
-        // Coalesce first so blocks are visited in strictly ascending order (an extent may end past the next one's start).
-        var sorted = new List<Extent>();
-        foreach (var e in extents.Where(e => e.Length > 0).OrderBy(e => e.Offset))
-        {
-            if (sorted.Count > 0 && e.Offset <= sorted[^1].End)
-                sorted[^1] = new Extent(sorted[^1].Offset, Math.Max(sorted[^1].End, e.End) - sorted[^1].Offset);
-            else sorted.Add(e);
-        }
-        var result = new List<VhdPlannedBlock>();
-        int sectorsPerBlock = blockSize / VhdFormat.SectorSize;
-        int bitmapBytes = VhdFormat.BitmapBytes(blockSize);
-        long currentIndex = -1; byte[]? currentBitmap = null; bool currentFull = false;
-        void Flush()
-        {
-            if (currentIndex < 0) return;
-            var planned = Normalize((uint)currentIndex, currentFull ? null : currentBitmap, blockSize);
-            if (planned.Index != uint.MaxValue) result.Add(planned);
-            currentIndex = -1; currentBitmap = null; currentFull = false;
-        }
-        foreach (var e in sorted)
+        var builder = new Builder(diskSize, blockSize);
+        foreach (var e in extents.Where(e => e.Length > 0).OrderBy(e => e.Offset)) builder.Add(e);
+        return builder.Build();
+    }
+
+    /// <summary>
+    /// Plan of every allocated extent of <paramref name="source"/> (a full backup of what the source holds).
+    /// Streams the extents (ascending, as IBlockSource promises), so memory follows the block count only.
+    /// </summary>
+    public static async Task<VhdBlockPlan> FromSourceAsync(IBlockSource source, int blockSize = VhdFormat.DefaultBlockSize, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        ValidateGeometry(source.Length, blockSize);
+        var builder = new Builder(source.Length, blockSize);
+        await foreach (var e in source.GetAllocatedExtentsAsync(0, source.Length, cancellationToken).ConfigureAwait(false))
+            if (e.Length > 0) builder.Add(e);
+        return builder.Build();
+    }
+
+    /// <summary>Accumulates ascending extents into blocks; overlapping extents are fine, descending ones are not.</summary>
+    private sealed class Builder(long diskSize, int blockSize)
+    {
+        private readonly List<VhdPlannedBlock> _result = new();
+        private readonly int _sectorsPerBlock = blockSize / VhdFormat.SectorSize;
+        private readonly int _bitmapBytes = VhdFormat.BitmapBytes(blockSize);
+        private long _currentIndex = -1, _lastOffset = -1, _sectorsDone;
+        private byte[]? _currentBitmap;
+        private bool _currentFull;
+
+        public void Add(Extent e)
         {
             if (e.Offset < 0 || e.End > diskSize)
-                throw new ArgumentOutOfRangeException(nameof(extents), $"Extent {e} is outside the disk of {diskSize} bytes.");
-            long firstSector = e.Offset / VhdFormat.SectorSize;
+                throw new ArgumentOutOfRangeException(nameof(e), $"Extent {e} is outside the disk of {diskSize} bytes.");
+            if (e.Offset < _lastOffset)
+                throw new ArgumentException($"Extents must be ascending: {e} follows one starting at {_lastOffset}.", nameof(e));
+            _lastOffset = e.Offset;
+            long firstSector = Math.Max(e.Offset / VhdFormat.SectorSize, _sectorsDone);
             long endSector = (e.End + VhdFormat.SectorSize - 1) / VhdFormat.SectorSize;
             for (long s = firstSector; s < endSector;)
             {
-                long index = s / sectorsPerBlock;
-                int inBlock = (int)(s - index * sectorsPerBlock);
-                int count = (int)Math.Min(sectorsPerBlock - inBlock, endSector - s);
-                if (index != currentIndex) { Flush(); currentIndex = index; }
-                if (!currentFull)
+                long index = s / _sectorsPerBlock;
+                int inBlock = (int)(s - index * _sectorsPerBlock);
+                int count = (int)Math.Min(_sectorsPerBlock - inBlock, endSector - s);
+                if (index != _currentIndex) { Flush(); _currentIndex = index; }
+                if (!_currentFull)
                 {
-                    if (inBlock == 0 && count == sectorsPerBlock) currentFull = true;
-                    else VhdSectorBitmap.SetRange(currentBitmap ??= new byte[bitmapBytes], inBlock, count);
+                    if (inBlock == 0 && count == _sectorsPerBlock) _currentFull = true;
+                    else VhdSectorBitmap.SetRange(_currentBitmap ??= new byte[_bitmapBytes], inBlock, count);
                 }
                 s += count;
             }
+            _sectorsDone = Math.Max(_sectorsDone, endSector);
         }
-        Flush();
-        return new VhdBlockPlan(diskSize, blockSize, result.ToArray());
-    }
 
-    /// <summary>Plan of every allocated extent of <paramref name="source"/> (a full backup of what the source holds).</summary>
-    public static async Task<VhdBlockPlan> FromSourceAsync(IBlockSource source, int blockSize = VhdFormat.DefaultBlockSize, CancellationToken cancellationToken = default)
-    {
-        var extents = new List<Extent>();
-        await foreach (var e in source.GetAllocatedExtentsAsync(0, source.Length, cancellationToken).ConfigureAwait(false))
-            extents.Add(e);
-        return FromExtents(source.Length, extents, blockSize);
+        public VhdBlockPlan Build()
+        {
+            Flush();
+            return new VhdBlockPlan(diskSize, blockSize, _result.ToArray());
+        }
+
+        private void Flush()
+        {
+            if (_currentIndex < 0) return;
+            var planned = Normalize((uint)_currentIndex, _currentFull ? null : _currentBitmap, blockSize);
+            if (planned.Index != uint.MaxValue) _result.Add(planned);
+            _currentIndex = -1; _currentBitmap = null; _currentFull = false;
+        }
     }
 
     /// <summary>Bitmap bits set for sectors in block <paramref name="block"/>, clipped to the disk end.</summary>
@@ -141,5 +158,7 @@ public sealed class VhdBlockPlan
             throw new ArgumentOutOfRangeException(nameof(diskSize), $"VHD cannot hold {diskSize} bytes: the format's limit is 2040 GiB ({VhdFormat.MaxDiskSize}). Use raw or CBT backups for larger disks.");
         if (blockSize < VhdFormat.SectorSize || blockSize > VhdFormat.MaxBlockSize || !int.IsPow2(blockSize))
             throw new ArgumentOutOfRangeException(nameof(blockSize), $"VHD block size must be a power of two from 512 bytes to 64 MiB, got {blockSize}.");
+        if ((diskSize + blockSize - 1) / blockSize > VhdFormat.MaxTableEntries)
+            throw new ArgumentOutOfRangeException(nameof(blockSize), $"A {diskSize}-byte disk in {blockSize}-byte blocks needs more than {VhdFormat.MaxTableEntries} block table entries; use a larger block size (2 MiB is standard).");
     }
 }

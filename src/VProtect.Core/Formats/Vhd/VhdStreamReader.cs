@@ -22,7 +22,8 @@ public sealed record VhdApplyOptions
 /// stream (an HTTP response from /export_raw_vdi?format=vhd). Reads footer copy, header, BAT, then each block
 /// in ascending file order; dynamic: sectors with their bitmap bit set are written; differencing: only those,
 /// the rest stays as the parent left it. The trailing footer must equal the leading copy.
-/// Memory: the BAT plus one chunk, whatever the disk size.
+/// Memory: the BAT plus two 1 MiB chunks, whatever the disk size. Data is written as it arrives, so when this
+/// throws (truncated or corrupt stream) the target holds a partial restore and must not be used.
 /// </summary>
 public static class VhdStreamReader
 {
@@ -72,7 +73,10 @@ public static class VhdStreamReader
         long totalBytes = blocks.Length * (long)header.BlockSize;
         long written = 0, processed = 0;
         var bitmap = new byte[bitmapBytes];
-        var chunk = ArrayPool<byte>.Shared.Rent(ChunkBytes);
+        // Two chunk buffers: the next chunk arrives from the stream while the previous one is written to the target.
+        var buffers = new[] { ArrayPool<byte>.Shared.Rent(ChunkBytes), ArrayPool<byte>.Shared.Rent(ChunkBytes) };
+        int which = 0;
+        Task pendingWrites = Task.CompletedTask;
         try
         {
             foreach (var block in blocks)
@@ -85,34 +89,49 @@ public static class VhdStreamReader
                 for (int first = 0; first < sectorsPerBlock; first += chunkSectors)
                 {
                     int count = Math.Min(chunkSectors, sectorsPerBlock - first);
+                    var chunk = buffers[which];
                     await reader.ReadExactlyAsync(chunk.AsMemory(0, count * VhdFormat.SectorSize), $"the data of block {block.Index}", cancellationToken).ConfigureAwait(false);
                     int limit = Math.Min(first + count, sectorsInDisk);
+                    var chunkRuns = new List<(long Offset, int BufferOffset, int Bytes, bool Set)>();
                     for (int s = first; s < limit;)
                     {
                         int run = VhdSectorBitmap.RunLength(bitmap, s, limit - s, out bool set);
-                        long offset = blockStart + (long)s * VhdFormat.SectorSize;
-                        int bytes = run * VhdFormat.SectorSize;
-                        if (set)
-                        {
-                            await target.WriteAsync(offset, chunk.AsMemory((s - first) * VhdFormat.SectorSize, bytes), cancellationToken).ConfigureAwait(false);
-                            written += bytes;
-                        }
-                        else if (!differencing && options.ZeroUnallocated)
-                            await target.WriteZeroesAsync(offset, bytes, cancellationToken).ConfigureAwait(false);
+                        if (set || (!differencing && options.ZeroUnallocated))
+                            chunkRuns.Add((blockStart + (long)s * VhdFormat.SectorSize, (s - first) * VhdFormat.SectorSize, run * VhdFormat.SectorSize, set));
+                        if (set) written += run * VhdFormat.SectorSize;
                         s += run;
                     }
+                    await pendingWrites.ConfigureAwait(false);
+                    pendingWrites = WriteRunsAsync(target, chunk, chunkRuns, cancellationToken);
+                    which ^= 1;
                     processed += count * VhdFormat.SectorSize;
                     progress?.Report(new TransferProgress(processed, totalBytes));
                 }
             }
+            await pendingWrites.ConfigureAwait(false);
             if (!differencing && options.ZeroUnallocated)
                 await ZeroUnallocatedBlocksAsync(target, blocks, header.BlockSize, diskSize, cancellationToken).ConfigureAwait(false);
         }
-        finally { ArrayPool<byte>.Shared.Return(chunk); }
+        finally
+        {
+            // Never return a buffer to the pool while a write may still read it.
+            try { await pendingWrites.ConfigureAwait(false); } catch { /* the first failure is already propagating */ }
+            ArrayPool<byte>.Shared.Return(buffers[0]);
+            ArrayPool<byte>.Shared.Return(buffers[1]);
+        }
 
         await ExpectTrailingFooterAsync(reader, footerCopy, sourceName, cancellationToken).ConfigureAwait(false);
         await target.FlushAsync(cancellationToken).ConfigureAwait(false);
         return new VhdStreamResult(footer, header, blocks.Length, written);
+    }
+
+    private static async Task WriteRunsAsync(IBlockTarget target, byte[] chunk, List<(long Offset, int BufferOffset, int Bytes, bool Set)> runs, CancellationToken cancellationToken)
+    {
+        foreach (var r in runs)
+        {
+            if (r.Set) await target.WriteAsync(r.Offset, chunk.AsMemory(r.BufferOffset, r.Bytes), cancellationToken).ConfigureAwait(false);
+            else await target.WriteZeroesAsync(r.Offset, r.Bytes, cancellationToken).ConfigureAwait(false);
+        }
     }
 
     private static async Task ZeroUnallocatedBlocksAsync(IBlockTarget target, BlockLocation[] blocks, uint blockSize, long diskSize, CancellationToken cancellationToken)

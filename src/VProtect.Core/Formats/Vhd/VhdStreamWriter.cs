@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Text;
+using Microsoft.Win32.SafeHandles;
 using VProtect.Core.IO;
 
 namespace VProtect.Core.Formats.Vhd;
@@ -30,7 +31,7 @@ public static class VhdStreamWriter
     /// <summary>
     /// Writes a dynamic VHD (or differencing, when <see cref="VhdWriteOptions.Parent"/> is set) holding the
     /// planned blocks of <paramref name="source"/>. Sectors outside a block's bitmap are written as zeros, as the
-    /// spec requires. Memory: two block buffers, whatever the disk size.
+    /// spec requires. Memory: the BAT and ReadAhead block buffers, whatever the disk size.
     /// </summary>
     public static async Task WriteAsync(IBlockSource source, VhdBlockPlan plan, Stream output, VhdWriteOptions? options = null,
         IProgress<TransferProgress>? progress = null, CancellationToken cancellationToken = default)
@@ -42,11 +43,104 @@ public static class VhdStreamWriter
         if (source.Length != plan.DiskSize)
             throw new ArgumentException($"The block plan is for a disk of {plan.DiskSize} bytes but the source has {source.Length}.", nameof(plan));
         long total = ComputeLength(plan, options);
-        var footer = BuildFooter(plan.DiskSize, options, options.Parent is null ? VhdDiskType.Dynamic : VhdDiskType.Differencing, HeaderOffset);
-        var footerBytes = footer.ToArray();
-        long done = 0;
+        var metadata = BuildMetadata(plan, options, out var footerBytes);
+        await output.WriteAsync(metadata, cancellationToken).ConfigureAwait(false);
+        long done = metadata.Length;
+        int bitmapBytes = VhdFormat.BitmapBytes(plan.BlockSize);
+        long blockBytes = bitmapBytes + (long)plan.BlockSize;
+        progress?.Report(new TransferProgress(done, total));
 
-        // Prefix: footer copy, header, locator data, BAT.
+        // Blocks: up to ReadAhead blocks are read from the source while the current one is written.
+        int depth = Math.Clamp(options.ReadAhead, 1, 16);
+        var buffers = new byte[depth][];
+        var pending = new Task?[depth];
+        for (int k = 0; k < depth; k++) buffers[k] = ArrayPool<byte>.Shared.Rent((int)blockBytes);
+        try
+        {
+            var blocks = plan.Blocks;
+            for (int i = 0; i < Math.Min(depth, blocks.Count); i++)
+                pending[i] = FillBlockAsync(source, plan, blocks[i], buffers[i].AsMemory(0, (int)blockBytes), bitmapBytes, cancellationToken);
+            for (int i = 0; i < blocks.Count; i++)
+            {
+                int slot = i % depth;
+                await pending[slot]!.ConfigureAwait(false);
+                pending[slot] = null;
+                await output.WriteAsync(buffers[slot].AsMemory(0, (int)blockBytes), cancellationToken).ConfigureAwait(false);
+                if (i + depth < blocks.Count)
+                    pending[slot] = FillBlockAsync(source, plan, blocks[i + depth], buffers[slot].AsMemory(0, (int)blockBytes), bitmapBytes, cancellationToken);
+                done += blockBytes;
+                progress?.Report(new TransferProgress(done, total));
+            }
+        }
+        finally
+        {
+            // Never hand a buffer back to the pool while a read may still fill it.
+            foreach (var t in pending)
+                if (t is not null) { try { await t.ConfigureAwait(false); } catch { /* the first failure is already propagating */ } }
+            foreach (var b in buffers) ArrayPool<byte>.Shared.Return(b);
+        }
+        await output.WriteAsync(footerBytes, cancellationToken).ConfigureAwait(false);
+        done += footerBytes.Length;
+        progress?.Report(new TransferProgress(done, total));
+    }
+
+    /// <summary>
+    /// Writes the same image as <see cref="WriteAsync"/> into a seekable file, with up to
+    /// <paramref name="concurrency"/> blocks read and written at once (every block's place is known from the
+    /// plan). Faster than the stream path on local disks; the source must allow concurrent reads.
+    /// </summary>
+    public static async Task WriteFileAsync(IBlockSource source, VhdBlockPlan plan, SafeFileHandle file, VhdWriteOptions? options = null,
+        int concurrency = 4, IProgress<TransferProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentNullException.ThrowIfNull(plan);
+        ArgumentNullException.ThrowIfNull(file);
+        ArgumentOutOfRangeException.ThrowIfLessThan(concurrency, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(concurrency, 64);
+        options ??= new VhdWriteOptions();
+        if (source.Length != plan.DiskSize)
+            throw new ArgumentException($"The block plan is for a disk of {plan.DiskSize} bytes but the source has {source.Length}.", nameof(plan));
+        long total = ComputeLength(plan, options);
+        var metadata = BuildMetadata(plan, options, out var footerBytes);
+        int bitmapBytes = VhdFormat.BitmapBytes(plan.BlockSize);
+        int blockBytes = bitmapBytes + plan.BlockSize;
+        RandomAccess.SetLength(file, total);
+        await RandomAccess.WriteAsync(file, metadata, 0, cancellationToken).ConfigureAwait(false);
+        long done = metadata.Length;
+        int next = -1;
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        async Task WorkerAsync()
+        {
+            var buffer = ArrayPool<byte>.Shared.Rent(blockBytes);
+            try
+            {
+                for (int i = Interlocked.Increment(ref next); i < plan.Blocks.Count; i = Interlocked.Increment(ref next))
+                {
+                    var memory = buffer.AsMemory(0, blockBytes);
+                    await FillBlockAsync(source, plan, plan.Blocks[i], memory, bitmapBytes, linked.Token).ConfigureAwait(false);
+                    await RandomAccess.WriteAsync(file, memory, metadata.Length + (long)i * blockBytes, linked.Token).ConfigureAwait(false);
+                    progress?.Report(new TransferProgress(Interlocked.Add(ref done, blockBytes), total));
+                }
+            }
+            catch { linked.Cancel(); throw; }
+            finally { ArrayPool<byte>.Shared.Return(buffer); }
+        }
+        var workers = Enumerable.Range(0, concurrency).Select(_ => Task.Run(WorkerAsync, linked.Token)).ToArray();
+        try { await Task.WhenAll(workers).ConfigureAwait(false); }
+        catch
+        {
+            var first = workers.Where(t => t.IsFaulted).Select(t => t.Exception!.InnerException!).FirstOrDefault(e => e is not OperationCanceledException);
+            if (first is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
+            throw;
+        }
+        await RandomAccess.WriteAsync(file, footerBytes, total - VhdFormat.FooterSize, cancellationToken).ConfigureAwait(false);
+        progress?.Report(new TransferProgress(total, total));
+    }
+
+    /// <summary>Footer copy, dynamic header, parent-locator data and BAT: everything before the first block.</summary>
+    private static byte[] BuildMetadata(VhdBlockPlan plan, VhdWriteOptions options, out byte[] footerBytes)
+    {
+        footerBytes = BuildFooter(plan.DiskSize, options, options.Parent is null ? VhdDiskType.Dynamic : VhdDiskType.Differencing, HeaderOffset).ToArray();
         long tableOffset = TableOffset(options);
         var locatorData = EncodeLocators(options.Parent, out var locators);
         var header = new VhdDynamicHeader
@@ -59,68 +153,24 @@ public static class VhdStreamWriter
             ParentUnicodeName = options.Parent?.Name ?? "",
             ParentLocators = locators,
         };
-        var prefix = new byte[VhdFormat.FooterSize + VhdFormat.DynamicHeaderSize];
-        footerBytes.CopyTo(prefix, 0);
-        header.WriteTo(prefix.AsSpan(VhdFormat.FooterSize));
-        await output.WriteAsync(prefix, cancellationToken).ConfigureAwait(false);
-        foreach (var data in locatorData) await output.WriteAsync(data, cancellationToken).ConfigureAwait(false);
-        done += prefix.Length + locatorData.Sum(d => (long)d.Length);
-
-        int bitmapBytes = VhdFormat.BitmapBytes(plan.BlockSize);
-        long blockBytes = bitmapBytes + (long)plan.BlockSize;
         long batBytes = VhdFormat.BatBytes(plan.TableEntries);
-        var bat = ArrayPool<byte>.Shared.Rent((int)batBytes);
-        try
+        var metadata = new byte[tableOffset + batBytes];
+        footerBytes.CopyTo(metadata, 0);
+        header.WriteTo(metadata.AsSpan(VhdFormat.FooterSize));
+        long at = LocatorAreaOffset;
+        foreach (var data in locatorData) { data.CopyTo(metadata, at); at += data.Length; }
+        var bat = metadata.AsSpan((int)tableOffset, (int)batBytes);
+        bat.Fill(0xFF);
+        long blockBytes = VhdFormat.BitmapBytes(plan.BlockSize) + (long)plan.BlockSize;
+        long nextSector = (tableOffset + batBytes) / VhdFormat.SectorSize;
+        foreach (var b in plan.Blocks)
         {
-            bat.AsSpan(0, (int)batBytes).Fill(0xFF);
-            long nextSector = (tableOffset + batBytes) / VhdFormat.SectorSize;
-            foreach (var b in plan.Blocks)
-            {
-                if (nextSector > uint.MaxValue - 1)
-                    throw new ArgumentException("The planned VHD would exceed the 2 TiB addressable by its 32-bit block table.", nameof(plan));
-                BinaryPrimitives.WriteUInt32BigEndian(bat.AsSpan((int)b.Index * 4), (uint)nextSector);
-                nextSector += blockBytes / VhdFormat.SectorSize;
-            }
-            await output.WriteAsync(bat.AsMemory(0, (int)batBytes), cancellationToken).ConfigureAwait(false);
-            done += batBytes;
+            if (nextSector > uint.MaxValue - 1)
+                throw new ArgumentException("The planned VHD would exceed the 2 TiB addressable by its 32-bit block table.", nameof(plan));
+            BinaryPrimitives.WriteUInt32BigEndian(bat[((int)b.Index * 4)..], (uint)nextSector);
+            nextSector += blockBytes / VhdFormat.SectorSize;
         }
-        finally { ArrayPool<byte>.Shared.Return(bat); }
-        progress?.Report(new TransferProgress(done, total));
-
-        // Blocks: read block i+1 from the source while block i is being written.
-        var buffers = new[] { ArrayPool<byte>.Shared.Rent((int)blockBytes), ArrayPool<byte>.Shared.Rent((int)blockBytes) };
-        try
-        {
-            Task? pendingRead = null;
-            if (plan.Blocks.Count > 0) pendingRead = FillBlockAsync(source, plan, plan.Blocks[0], buffers[0].AsMemory(0, (int)blockBytes), bitmapBytes, cancellationToken);
-            for (int i = 0; i < plan.Blocks.Count; i++)
-            {
-                await pendingRead!.ConfigureAwait(false);
-                var current = buffers[i & 1];
-                pendingRead = i + 1 < plan.Blocks.Count
-                    ? FillBlockAsync(source, plan, plan.Blocks[i + 1], buffers[(i + 1) & 1].AsMemory(0, (int)blockBytes), bitmapBytes, cancellationToken)
-                    : null;
-                try
-                {
-                    await output.WriteAsync(current.AsMemory(0, (int)blockBytes), cancellationToken).ConfigureAwait(false);
-                }
-                catch
-                {
-                    if (pendingRead is not null) { try { await pendingRead.ConfigureAwait(false); } catch { /* the write failure is the one to report */ } }
-                    throw;
-                }
-                done += blockBytes;
-                progress?.Report(new TransferProgress(done, total));
-            }
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(buffers[0]);
-            ArrayPool<byte>.Shared.Return(buffers[1]);
-        }
-        await output.WriteAsync(footerBytes, cancellationToken).ConfigureAwait(false);
-        done += footerBytes.Length;
-        progress?.Report(new TransferProgress(done, total));
+        return metadata;
     }
 
     /// <summary>Writes a fixed VHD: the raw disk followed by the footer. Holes are written as zeros.</summary>

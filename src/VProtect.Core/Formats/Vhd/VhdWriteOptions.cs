@@ -28,6 +28,32 @@ public sealed record VhdWriteOptions
     public uint CreatorHostOs { get; init; } = 0x5769326B;
     public Guid UniqueId { get; init; } = Guid.NewGuid();
     public DateTimeOffset Timestamp { get; init; } = DateTimeOffset.UtcNow;
+    /// <summary>
+    /// Block buffers in flight (1..16). 2 (default): the next block is read while the current one is written,
+    /// source reads stay sequential. Above 2 the source sees concurrent reads, so use it only with sources that
+    /// allow them (files, VHDs, NBD). Memory: ReadAhead x (block size + bitmap).
+    /// </summary>
+    public int ReadAhead { get; init; } = 2;
     /// <summary>Set to write a differencing VHD (disk type 4) instead of a dynamic one.</summary>
     public VhdParentIdentity? Parent { get; init; }
+
+    /// <summary>
+    /// Options that reproduce what xapi's vhd-tool emits for /export_raw_vdi?format=vhd (research notes 4.5):
+    /// creator "caml" version 1, host OS 0, timestamp 0, a fresh unique id, and for a delta one MacX
+    /// "file://" locator naming the parent path. For the simulator; note qemu reports a CHS-rounded size for
+    /// "caml" images (see <see cref="CreatorApplication"/>).
+    /// </summary>
+    public static VhdWriteOptions LikeXapiExport(Guid? parentUniqueId = null, string? parentPath = null, DateTimeOffset? parentModified = null) => new()
+    {
+        CreatorApplication = "caml",
+        CreatorVersion = 0x00000001,
+        CreatorHostOs = 0,
+        Timestamp = VhdFormat.FromTimestamp(0),
+        Parent = parentUniqueId is Guid id
+            ? new VhdParentIdentity(id, parentModified ?? VhdFormat.FromTimestamp(0), parentPath ?? "")
+            {
+                Locators = parentPath is null ? Array.Empty<VhdParentPath>() : new[] { new VhdParentPath(VhdLocatorPlatform.MacX, "file://" + parentPath) },
+            }
+            : null,
+    };
 }
