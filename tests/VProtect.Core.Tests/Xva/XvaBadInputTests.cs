@@ -346,6 +346,25 @@ public class XvaBadInputTests
         Assert.True(reported > 50, $"only {reported} of 150 corruptions were reported");
     }
 
+    [Fact]
+    public async Task Errors_carry_the_kind_xapi_would_report()
+    {
+        var valid = await ValidXvaAsync();
+        Assert.Equal(XvaErrorKind.Truncated, XvaErrors.KindOf(await FailsAsync(valid[..(valid.Length / 2)])));
+        var zstd = await ValidXvaAsync(XvaCompression.Zstd);
+        Assert.Equal(XvaErrorKind.Truncated, XvaErrors.KindOf(await FailsAsync(zstd[..(zstd.Length / 2)], compressed: true)));
+        var badSum = Start().Chunk("Ref:1", 0, Pattern(100, 1), checksum: "0000000000000000").End().ToArray();
+        Assert.Equal(XvaErrorKind.ChecksumMismatch, XvaErrors.KindOf(await FailsAsync(badSum)));
+        var unknown = Start().Chunk("Ref:2", 0, Pattern(100, 1)).End().ToArray();
+        Assert.Equal(XvaErrorKind.UnknownObject, XvaErrors.KindOf(await FailsAsync(unknown)));
+        var notFirst = new RawTarBuilder().Chunk("Ref:1", 0, Pattern(100, 1)).End().ToArray();
+        Assert.Equal(XvaErrorKind.UnexpectedMember, XvaErrors.KindOf(await FailsAsync(notFirst)));
+        var noSum = Start().Add("Ref:1/00000000", Pattern(100, 1)).End().ToArray();
+        Assert.Equal(XvaErrorKind.UnexpectedMember, XvaErrors.KindOf(await FailsAsync(noSum)));
+        var badXml = new RawTarBuilder().AddText("ova.xml", "<value><struct>").End().ToArray();
+        Assert.Equal(XvaErrorKind.Malformed, XvaErrors.KindOf(await FailsAsync(badXml)));
+    }
+
     internal static int Find(byte[] haystack, string name)
     {
         var needle = Encoding.ASCII.GetBytes(name + "\0");
