@@ -34,7 +34,7 @@ public sealed class XvaBenchmarks : IBenchmark
 
             // Ours: write
             XvaWriteResult written = null!;
-            var (writeSec, writeRss) = await MeasureAsync(async () =>
+            var write = await MeasureAsync(async () =>
             {
                 using var src = new FileBlockSource(raw);
                 written = await XvaWriter.WriteFileAsync(xva, meta, [new XvaDiskSource("Ref:2", src)],
@@ -43,7 +43,7 @@ public sealed class XvaBenchmarks : IBenchmark
             long xvaBytes = new FileInfo(xva).Length;
 
             // Ours: read into a sparse raw file, and verify-only
-            var (readSec, readRss) = await MeasureAsync(async () =>
+            var read = await MeasureAsync(async () =>
             {
                 using var target = new FileBlockTarget(restored, size);
                 await XvaReader.ReadFileAsync(xva, new XvaReadOptions
@@ -52,35 +52,40 @@ public sealed class XvaBenchmarks : IBenchmark
                     ZeroOmittedChunks = false, // fresh sparse file: omitted chunks already read as zeros
                 }, cancellationToken);
             });
-            var (verifySec, verifyRss) = await MeasureAsync(async () =>
-            {
-                await XvaReader.ReadFileAsync(xva, null, cancellationToken);
-            });
+            var verify = await MeasureAsync(async () => await XvaReader.ReadFileAsync(xva, null, cancellationToken));
             bool same = await FilesEqualAsync(raw, restored, cancellationToken);
 
             // Peers moving the same bytes
-            double tarCreate = await TimeProcessAsync("tar", context.WorkDirectory, "-cf", Path.Combine(context.WorkDirectory, "plain.tar"), "disk.raw");
+            var tarCreate = await TimeShellAsync(context.WorkDirectory, "tar -cf plain.tar disk.raw");
             File.Delete(Path.Combine(context.WorkDirectory, "plain.tar"));
-            double catRaw = await TimeProcessAsync("sh", context.WorkDirectory, "-c", "cat disk.raw > copy.raw");
+            var catRaw = await TimeShellAsync(context.WorkDirectory, "cat disk.raw > copy.raw");
             File.Delete(Path.Combine(context.WorkDirectory, "copy.raw"));
             Directory.CreateDirectory(extractDir);
-            double tarExtract = await TimeProcessAsync("tar", context.WorkDirectory, "-xf", xva, "-C", extractDir);
+            var tarExtract = await TimeShellAsync(context.WorkDirectory, "tar -xf disk.xva -C extract");
             Directory.Delete(extractDir, recursive: true);
-            double catXva = await TimeProcessAsync("sh", context.WorkDirectory, "-c", "cat disk.xva > copy.xva");
+            var catXva = await TimeShellAsync(context.WorkDirectory, "cat disk.xva > copy.xva");
             File.Delete(Path.Combine(context.WorkDirectory, "copy.xva"));
 
             double mb = size / 1e6;
+            string load = File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "?";
             report.WriteLine($"## XVA ({size / MiB} MiB disk, {dataBytes * 100 / size} % data, XXH64 checksums, no compression)");
             report.WriteLine();
-            report.WriteLine($"XVA written: {xvaBytes / 1e6:F0} MB, {written.Disks[0].ChunksWritten} chunks written, {written.Disks[0].ChunksOmitted} omitted. Restored disk identical to source: {same}.");
+            report.WriteLine($"XVA written: {xvaBytes / 1e6:F0} MB, {written.Disks[0].ChunksWritten} chunks written, {written.Disks[0].ChunksOmitted} omitted. Restored disk identical to source: {same}. Load average at the end: {load}.");
             report.WriteLine();
-            report.WriteLine("| Step | Seconds | MB/s (disk bytes) | Peak RSS (MiB) | Peer, same bytes | Peer seconds | Ours / peer time |");
-            report.WriteLine("|---|---:|---:|---:|---|---:|---:|");
-            report.WriteLine($"| XvaWriter (raw file -> .xva) | {writeSec:F2} | {mb / writeSec:F0} | {writeRss} | `tar -cf` of disk.raw | {tarCreate:F2} | {writeSec / tarCreate:F2} |");
-            report.WriteLine($"| (same) | | | | `cat disk.raw > copy` | {catRaw:F2} | {writeSec / catRaw:F2} |");
-            report.WriteLine($"| XvaReader (.xva -> raw file) | {readSec:F2} | {mb / readSec:F0} | {readRss} | `tar -xf` of disk.xva | {tarExtract:F2} | {readSec / tarExtract:F2} |");
-            report.WriteLine($"| (same) | | | | `cat disk.xva > copy` | {catXva:F2} | {readSec / catXva:F2} |");
-            report.WriteLine($"| XvaReader verify only | {verifySec:F2} | {mb / verifySec:F0} | {verifyRss} | | | |");
+            report.WriteLine("Wall = elapsed seconds; CPU = user+system seconds of the process (ours) or of the peer's processes. MB/s counts the disk's bytes.");
+            report.WriteLine();
+            report.WriteLine("| Step | Wall s | MB/s | CPU s | Peak RSS MiB | Peer | Peer wall s | Peer CPU s | Wall ratio | CPU ratio |");
+            report.WriteLine("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|");
+            void Row(string step, Measured ours, string peer, Measured theirs, bool first) =>
+                report.WriteLine(first
+                    ? $"| {step} | {ours.Wall:F2} | {mb / ours.Wall:F0} | {ours.Cpu:F2} | {ours.PeakRssMiB} | {peer} | {theirs.Wall:F2} | {theirs.Cpu:F2} | {ours.Wall / theirs.Wall:F2} | {ours.Cpu / theirs.Cpu:F2} |"
+                    : $"| | | | | | {peer} | {theirs.Wall:F2} | {theirs.Cpu:F2} | {ours.Wall / theirs.Wall:F2} | {ours.Cpu / theirs.Cpu:F2} |");
+            Row("XvaWriter raw → .xva", write, "`tar -cf` of disk.raw", tarCreate, true);
+            Row("", write, "`cat disk.raw > copy`", catRaw, false);
+            Row("", write, "`cat disk.xva > copy` (same output bytes)", catXva, false);
+            Row("XvaReader .xva → raw", read, "`tar -xf` of disk.xva", tarExtract, true);
+            Row("", read, "`cat disk.xva > copy`", catXva, false);
+            report.WriteLine($"| XvaReader verify only | {verify.Wall:F2} | {mb / verify.Wall:F0} | {verify.Cpu:F2} | {verify.PeakRssMiB} | | | | | |");
             report.WriteLine();
         }
         finally
@@ -107,15 +112,20 @@ public sealed class XvaBenchmarks : IBenchmark
         return data;
     }
 
-    private static async Task<(double Seconds, long PeakRssMiB)> MeasureAsync(Func<Task> body)
+    private readonly record struct Measured(double Wall, double Cpu, long PeakRssMiB);
+
+    private static async Task<Measured> MeasureAsync(Func<Task> body)
     {
         await SyncAsync();
         GC.Collect();
         try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        var self = Process.GetCurrentProcess();
+        var cpu0 = self.TotalProcessorTime;
         var sw = Stopwatch.StartNew();
         await body();
         sw.Stop();
-        return (sw.Elapsed.TotalSeconds, PeakRssMiB());
+        self.Refresh();
+        return new Measured(sw.Elapsed.TotalSeconds, (self.TotalProcessorTime - cpu0).TotalSeconds, PeakRssMiB());
     }
 
     private static long PeakRssMiB()
@@ -136,18 +146,30 @@ public sealed class XvaBenchmarks : IBenchmark
         await p.WaitForExitAsync();
     }
 
-    private static async Task<double> TimeProcessAsync(string file, string dir, params string[] args)
+    /// <summary>Runs a shell command; CPU time comes from the shell's <c>times</c> (children's user and system time).</summary>
+    private static async Task<Measured> TimeShellAsync(string dir, string command)
     {
         await SyncAsync();
-        var psi = new ProcessStartInfo(file) { WorkingDirectory = dir, UseShellExecute = false, RedirectStandardError = true };
-        foreach (var a in args) psi.ArgumentList.Add(a);
+        var psi = new ProcessStartInfo("sh") { WorkingDirectory = dir, UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+        psi.ArgumentList.Add("-c");
+        psi.ArgumentList.Add(command + " && times");
         var sw = Stopwatch.StartNew();
         using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
         string err = await p.StandardError.ReadToEndAsync();
         await p.WaitForExitAsync();
         sw.Stop();
-        if (p.ExitCode != 0) throw new InvalidOperationException($"{file} {string.Join(' ', args)} failed: {err}");
-        return sw.Elapsed.TotalSeconds;
+        if (p.ExitCode != 0) throw new InvalidOperationException($"sh -c '{command}' failed: {err}");
+        // times prints two lines: the shell's "user sys", then its children's "user sys", as e.g. 0m1.250s.
+        var children = (await stdout).Split('\n', StringSplitOptions.RemoveEmptyEntries)[^1].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        return new Measured(sw.Elapsed.TotalSeconds, children.Sum(ParseTimes), 0);
+    }
+
+    private static double ParseTimes(string t)
+    {
+        int m = t.IndexOf('m');
+        return double.Parse(t[..m], System.Globalization.CultureInfo.InvariantCulture) * 60
+             + double.Parse(t[(m + 1)..].TrimEnd('s'), System.Globalization.CultureInfo.InvariantCulture);
     }
 
     private static async Task<bool> FilesEqualAsync(string a, string b, CancellationToken ct)

@@ -114,6 +114,35 @@ public sealed class XvaInteropTests : IDisposable
         Assert.StartsWith("ova.xml\n", listing);
     }
 
+    [Theory]
+    [InlineData("gnu")]
+    [InlineData("pax")]
+    [InlineData("ustar")]
+    [InlineData("v7")]
+    public async Task An_xva_repacked_by_gnu_tar_in_each_format_is_read(string format)
+    {
+        var (xva, disk, _) = await WriteOursAsync(XvaCompression.None, "ours.xva");
+        string unpacked = Path.Combine(_dir, "unpacked");
+        Directory.CreateDirectory(unpacked);
+        var (exit, _, err) = await RunAsync("tar", _dir, "-xf", xva, "-C", unpacked);
+        Assert.True(exit == 0, $"tar -xf failed ({exit}): {err}");
+
+        // GNU tar writes the directory entry too ("Ref:4/") and, for pax, extended headers; members sorted by name
+        // keep xapi's order (00000000, 00000000.xxhash, 00000003, ...).
+        string repacked = Path.Combine(_dir, $"repacked-{format}.xva");
+        (exit, _, err) = await RunAsync("tar", unpacked, $"--format={format}", "--sort=name", "-cf", repacked, "ova.xml", "Ref:4");
+        Assert.True(exit == 0, $"tar --format={format} -cf failed ({exit}): {err}");
+
+        var target = new SparseMemoryDisk(disk.Length);
+        var result = await XvaReader.ReadFileAsync(repacked, new XvaReadOptions
+        {
+            OpenTarget = (_, _) => ValueTask.FromResult<IBlockTarget?>(target),
+        }, CancellationToken.None);
+        Assert.Equal("tar interop", result.Metadata.Vm!.GetString("name_label"));
+        Assert.Equal(3, result.Disks.Single().ChunksPresent);
+        await AssertDiskAsync(target, disk);
+    }
+
     private async Task<(string Path, byte[] Disk, List<long> Chunks)> WriteOursAsync(XvaCompression compression, string name)
     {
         var disk = new byte[5 * MiB + 4321];

@@ -315,6 +315,56 @@ public class XvaBadInputTests
         Encoding.ASCII.GetBytes(Convert.ToString(sum, 8).PadLeft(6, '0') + "\0 ").CopyTo(h.Slice(148));
     }
 
+    [Fact]
+    public async Task Random_corruption_is_reported_or_harmless_never_wrong_data()
+    {
+        // Any single damaged byte must either be reported as a BackupFormatException or leave the disk data intact
+        // (padding, an ignored header field, the case of a hex digit). Never another exception, never other data.
+        var disk = RandomDisk(new Random(41), 2 * MiB + 3000, 0.8);
+        var ms = new MemoryStream();
+        await XvaWriter.WriteAsync(ms, Metadata(("Ref:1", disk.Length)), [new XvaDiskSource("Ref:1", disk)], new XvaWriteOptions { KeepAliveInterval = null }, default);
+        var good = ms.ToArray();
+        string expected = await HashAsync(disk);
+        var rng = new Random(42);
+        int reported = 0;
+        for (int i = 0; i < 150; i++)
+        {
+            var bad = (byte[])good.Clone();
+            // Half the hits land in headers and metadata (the first 8 KiB and each header), half anywhere.
+            int at = i % 2 == 0 ? rng.Next(0, Math.Min(8192, bad.Length)) : rng.Next(0, bad.Length);
+            bad[at] ^= (byte)(1 << rng.Next(8));
+            try
+            {
+                var (_, disks) = await ReadToMemoryAsync(new MemoryStream(bad));
+                Assert.Equal(expected, await HashAsync(disks["Ref:1"]));
+            }
+            catch (BackupFormatException)
+            {
+                reported++;
+            }
+        }
+        Assert.True(reported > 50, $"only {reported} of 150 corruptions were reported");
+    }
+
+    [Fact]
+    public async Task Errors_carry_the_kind_xapi_would_report()
+    {
+        var valid = await ValidXvaAsync();
+        Assert.Equal(XvaErrorKind.Truncated, XvaErrors.KindOf(await FailsAsync(valid[..(valid.Length / 2)])));
+        var zstd = await ValidXvaAsync(XvaCompression.Zstd);
+        Assert.Equal(XvaErrorKind.Truncated, XvaErrors.KindOf(await FailsAsync(zstd[..(zstd.Length / 2)], compressed: true)));
+        var badSum = Start().Chunk("Ref:1", 0, Pattern(100, 1), checksum: "0000000000000000").End().ToArray();
+        Assert.Equal(XvaErrorKind.ChecksumMismatch, XvaErrors.KindOf(await FailsAsync(badSum)));
+        var unknown = Start().Chunk("Ref:2", 0, Pattern(100, 1)).End().ToArray();
+        Assert.Equal(XvaErrorKind.UnknownObject, XvaErrors.KindOf(await FailsAsync(unknown)));
+        var notFirst = new RawTarBuilder().Chunk("Ref:1", 0, Pattern(100, 1)).End().ToArray();
+        Assert.Equal(XvaErrorKind.UnexpectedMember, XvaErrors.KindOf(await FailsAsync(notFirst)));
+        var noSum = Start().Add("Ref:1/00000000", Pattern(100, 1)).End().ToArray();
+        Assert.Equal(XvaErrorKind.UnexpectedMember, XvaErrors.KindOf(await FailsAsync(noSum)));
+        var badXml = new RawTarBuilder().AddText("ova.xml", "<value><struct>").End().ToArray();
+        Assert.Equal(XvaErrorKind.Malformed, XvaErrors.KindOf(await FailsAsync(badXml)));
+    }
+
     internal static int Find(byte[] haystack, string name)
     {
         var needle = Encoding.ASCII.GetBytes(name + "\0");

@@ -211,6 +211,10 @@ public class XvaRoundTripTests
         var meta = Metadata(("Ref:1", MiB));
         await Assert.ThrowsAsync<ArgumentException>(() => XvaWriter.WriteAsync(new MemoryStream(), meta, [new XvaDiskSource("Ref:1", disk)], null, default));
         await Assert.ThrowsAsync<ArgumentException>(() => XvaWriter.WriteAsync(new MemoryStream(), meta, [new XvaDiskSource("Ref:7001", disk)], null, default));
+        var opaque = new XvaMetadata(new XvaVersion(), [new XvaObject("VDI", "OpaqueRef:abc", new Dictionary<string, object?> { ["virtual_size"] = "2097152" })]);
+        await Assert.ThrowsAsync<ArgumentException>(() => XvaWriter.WriteAsync(new MemoryStream(), opaque, [new XvaDiskSource("OpaqueRef:abc", disk)], null, default));
+        var small = new SparseMemoryDisk(MiB);
+        await Assert.ThrowsAsync<ArgumentException>(() => XvaWriter.WriteAsync(new MemoryStream(), meta, [new XvaDiskSource("Ref:1", small), new XvaDiskSource("Ref:1", small)], null, default));
     }
 
     [Fact]
@@ -234,6 +238,41 @@ public class XvaRoundTripTests
         var ex = await Assert.ThrowsAsync<IOException>(() => XvaReader.ReadAsync(new MemoryStream(xva), "x",
             new XvaReadOptions { OpenTarget = (_, _) => ValueTask.FromResult<IBlockTarget?>(target) }, default));
         Assert.Equal("disk full", ex.Message);
+    }
+
+    [Fact]
+    public async Task Asynchronous_sources_are_read_ahead_without_mixing_up_chunks()
+    {
+        var disk = RandomDisk(new Random(23), 9 * MiB + 5, 0.7);
+        var meta = Metadata(("Ref:1", disk.Length));
+        var (xva, _) = await WriteAsync(meta, new XvaWriteOptions { KeepAliveInterval = TimeSpan.Zero }, new XvaDiskSource("Ref:1", new YieldingSource(disk)));
+        var (_, disks) = await ReadToMemoryAsync(new MemoryStream(xva));
+        Assert.Equal(await HashAsync(disk), await HashAsync(disks["Ref:1"]));
+    }
+
+    [Fact]
+    public async Task A_failing_source_surfaces_its_error()
+    {
+        var disk = RandomDisk(new Random(24), 4 * MiB, 1.0);
+        var ex = await Assert.ThrowsAsync<IOException>(() => XvaWriter.WriteAsync(new MemoryStream(), Metadata(("Ref:1", disk.Length)),
+            [new XvaDiskSource("Ref:1", new YieldingSource(disk) { FailAfterReads = 2 })], new XvaWriteOptions { KeepAliveInterval = null }, default));
+        Assert.Equal("read error", ex.Message);
+    }
+
+    /// <summary>Answers every read later on another thread: catches a writer that reuses a buffer still being filled.</summary>
+    private sealed class YieldingSource(SparseMemoryDisk inner) : IBlockSource
+    {
+        private int _reads;
+        public int FailAfterReads { get; init; } = int.MaxValue;
+        public long Length => inner.Length;
+        public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+        {
+            await Task.Delay(1, cancellationToken);
+            if (++_reads > FailAfterReads) throw new IOException("read error");
+            await inner.ReadAsync(offset, buffer, cancellationToken);
+        }
+        public IAsyncEnumerable<Extent> GetAllocatedExtentsAsync(long offset, long length, CancellationToken cancellationToken) =>
+            inner.GetAllocatedExtentsAsync(offset, length, cancellationToken);
     }
 
     /// <summary>Completes every write later on another thread, copying the data only then: catches buffer reuse.</summary>

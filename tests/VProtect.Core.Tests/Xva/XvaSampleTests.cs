@@ -67,7 +67,7 @@ public class XvaSampleTests
         var (_, disks) = await ReadToMemoryAsync(new MemoryStream(xva));
         var got = await ReadAllAsync(disks["Ref:002"]);
         Assert.Equal(data, got[..MiB]);
-        Assert.All(got[MiB..(2 * MiB)], b => Assert.Equal(0, b));
+        Assert.False(got.AsSpan(MiB, MiB).ContainsAnyExcept((byte)0), "the omitted chunk did not read as zeros");
         Assert.Equal(last, got[(2 * MiB)..]);
     }
 

@@ -41,7 +41,7 @@ public static class XvaMetadataXml
         {
             root = XmlRpc.DecodeValue(xml);
         }
-        catch (Exception ex) when (ex is XapiWireException or System.Xml.XmlException or FormatException or InvalidOperationException)
+        catch (Exception ex) when (ex is not OperationCanceledException and not OutOfMemoryException)
         {
             throw new BackupFormatException(source, offset, $"ova.xml is not a valid XML-RPC value ({ex.Message}). The backup's metadata is damaged; take a new backup.", ex);
         }

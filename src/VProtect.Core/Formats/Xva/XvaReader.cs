@@ -70,12 +70,12 @@ public static class XvaReader
                     else if (member.Name.EndsWith(XvaFormat.Sha1Extension, StringComparison.Ordinal))
                         await OnChecksumAsync(member, XvaChecksumKind.Sha1, _buffers[_current], ct).ConfigureAwait(false);
                     else if (member.Name == XvaFormat.MetadataEntryName)
-                        throw tar.Error(member.HeaderOffset, "A second ova.xml follows the disk data. The file is damaged or two XVAs were concatenated.");
+                        throw tar.Error(member.HeaderOffset, "A second ova.xml follows the disk data. The file is damaged or two XVAs were concatenated.", kind: XvaErrorKind.UnexpectedMember);
                     else
-                        throw tar.Error(member.HeaderOffset, $"Unexpected member '{member.Name}': an XVA holds only ova.xml, Ref:n/%08d chunks and their .xxhash/.checksum files.");
+                        throw tar.Error(member.HeaderOffset, $"Unexpected member '{member.Name}': an XVA holds only ova.xml, Ref:n/%08d chunks and their .xxhash/.checksum files.", kind: XvaErrorKind.UnexpectedMember);
                 }
                 if (_pending is { } p)
-                    throw tar.Error(tar.Position, $"Chunk {p.Name} has no checksum file after it (expected {p.Name}.xxhash or {p.Name}.checksum). The backup is incomplete or damaged.");
+                    throw tar.Error(tar.Position, $"Chunk {p.Name} has no checksum file after it (expected {p.Name}.xxhash or {p.Name}.checksum). The backup is incomplete or damaged.", kind: XvaErrorKind.UnexpectedMember);
                 await FinishDiskAsync(ct).ConfigureAwait(false);
             }
             finally
@@ -92,10 +92,10 @@ public static class XvaReader
         private async Task ReadMetadataAsync(CancellationToken ct)
         {
             var first = await tar.NextAsync(ct).ConfigureAwait(false)
-                ?? throw tar.Error(0, "The tar archive is empty: no ova.xml. This is not an XVA.");
+                ?? throw tar.Error(0, "The tar archive is empty: no ova.xml. This is not an XVA.", kind: XvaErrorKind.UnexpectedMember);
             CheckMemberIsSafe(first);
             if (first.Name != XvaFormat.MetadataEntryName || first.Kind != TarMemberKind.File)
-                throw tar.Error(first.HeaderOffset, $"The first member is '{first.Name}', but an XVA starts with ova.xml. This is not an XVA (or it was re-packed in the wrong order).");
+                throw tar.Error(first.HeaderOffset, $"The first member is '{first.Name}', but an XVA starts with ova.xml. This is not an XVA (or it was re-packed in the wrong order).", kind: XvaErrorKind.UnexpectedMember);
             if (first.Size > options.MaxMetadataBytes)
                 throw tar.Error(first.HeaderOffset, $"ova.xml declares {first.Size} bytes, more than the {options.MaxMetadataBytes}-byte limit. The file is damaged; if the VM really has that much metadata, raise MaxMetadataBytes.");
             var bytes = new byte[first.Size];
@@ -128,7 +128,7 @@ public static class XvaReader
         private async Task OnChunkAsync(TarMemberHeader m, string vdiId, long counter, byte[] buffer, CancellationToken ct)
         {
             if (_pending is { } p)
-                throw tar.Error(m.HeaderOffset, $"Chunk {p.Name} has no checksum file after it (found '{m.Name}' instead of {p.Name}.xxhash). The backup is damaged.");
+                throw tar.Error(m.HeaderOffset, $"Chunk {p.Name} has no checksum file after it (found '{m.Name}' instead of {p.Name}.xxhash). The backup is damaged.", kind: XvaErrorKind.UnexpectedMember);
             if (_disk is null || _disk.VdiId != vdiId)
                 await StartDiskAsync(m, vdiId, ct).ConfigureAwait(false);
             var d = _disk!;
@@ -159,7 +159,7 @@ public static class XvaReader
             string ext = kind == XvaChecksumKind.XxHash64 ? XvaFormat.XxHashExtension : XvaFormat.Sha1Extension;
             string chunkName = m.Name[..^ext.Length];
             if (_pending is not { } p || p.Name != chunkName)
-                throw tar.Error(m.HeaderOffset, $"Checksum file '{m.Name}' does not follow its chunk {chunkName}. The backup is damaged.");
+                throw tar.Error(m.HeaderOffset, $"Checksum file '{m.Name}' does not follow its chunk {chunkName}. The backup is damaged.", kind: XvaErrorKind.UnexpectedMember);
             if (m.Size > 128)
                 throw tar.Error(m.HeaderOffset, $"Checksum file '{m.Name}' declares {m.Size} bytes; a checksum is {XvaFormat.ChecksumTextLength(kind)}. The file is damaged.");
             var text = new byte[m.Size];
@@ -168,7 +168,7 @@ public static class XvaReader
             var data = buffer.AsMemory(0, p.Length);
             string computed = XvaFormat.FormatChecksum(data.Span, kind);
             if (!string.Equals(stored, computed, StringComparison.OrdinalIgnoreCase))
-                throw tar.Error(p.HeaderOffset, $"Chunk {p.Name} (disk bytes [{p.DiskOffset}, {p.DiskOffset + p.Length})) fails its {ext[1..]} checksum: stored '{stored}', computed '{computed}'. The backup is corrupt; restore from another backup.");
+                throw tar.Error(p.HeaderOffset, $"Chunk {p.Name} (disk bytes [{p.DiskOffset}, {p.DiskOffset + p.Length})) fails its {ext[1..]} checksum: stored '{stored}', computed '{computed}'. The backup is corrupt; restore from another backup.", kind: XvaErrorKind.ChecksumMismatch);
 
             var d = _disk!;
             if (d.Target is { } target && (p.Length > 0 || (p.GapChunks > 0 && options.ZeroOmittedChunks)))
@@ -204,7 +204,7 @@ public static class XvaReader
         private async Task StartDiskAsync(TarMemberHeader m, string vdiId, CancellationToken ct)
         {
             if (!_vdis.TryGetValue(vdiId, out var record))
-                throw tar.Error(m.HeaderOffset, $"Chunk {m.Name} belongs to '{vdiId}', which ova.xml does not list as a VDI. The file is damaged or its parts were mixed up.");
+                throw tar.Error(m.HeaderOffset, $"Chunk {m.Name} belongs to '{vdiId}', which ova.xml does not list as a VDI. The file is damaged or its parts were mixed up.", kind: XvaErrorKind.UnknownObject);
             if (_disk is { } previous && string.CompareOrdinal(vdiId, previous.VdiId) <= 0)
                 throw tar.Error(m.HeaderOffset, $"Disk {vdiId} comes after disk {previous.VdiId}; xapi orders disks by id and each disk's chunks are contiguous. The backup is damaged.");
             await FinishDiskAsync(ct).ConfigureAwait(false);

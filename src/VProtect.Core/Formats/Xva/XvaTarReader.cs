@@ -44,8 +44,8 @@ internal sealed class XvaTarReader
 
     public string Source => _source;
 
-    public BackupFormatException Error(long offset, string message, Exception? inner = null) =>
-        new(_source, offset, message, inner);
+    public BackupFormatException Error(long offset, string message, Exception? inner = null, XvaErrorKind kind = XvaErrorKind.Malformed) =>
+        new BackupFormatException(_source, offset, message, inner).With(kind);
 
     /// <summary>The next member, or null at the end-of-archive marker (or a clean end of stream at a block boundary).</summary>
     public async ValueTask<TarMemberHeader?> NextAsync(CancellationToken cancellationToken)
@@ -61,12 +61,12 @@ internal sealed class XvaTarReader
             if (got == 0)
             {
                 if (longName is not null || paxPath is not null || paxSize is not null)
-                    throw Error(headerOffset, "The stream ends after a long-name or pax header, without the member it describes. The backup is truncated; take a new one.");
+                    throw Error(headerOffset, "The stream ends after a long-name or pax header, without the member it describes. The backup is truncated; take a new one.", kind: XvaErrorKind.Truncated);
                 // xapi always writes the two zero blocks; a stream that just stops is truncated.
-                throw Error(headerOffset, "The tar stream ends without its end-of-archive marker. The backup is truncated (an interrupted download?); take a new one.");
+                throw Error(headerOffset, "The tar stream ends without its end-of-archive marker. The backup is truncated (an interrupted download?); take a new one.", kind: XvaErrorKind.Truncated);
             }
             if (got < BlockSize)
-                throw Error(headerOffset, $"The stream ends inside a tar header ({got} of {BlockSize} bytes). The backup is truncated; take a new one.");
+                throw Error(headerOffset, $"The stream ends inside a tar header ({got} of {BlockSize} bytes). The backup is truncated; take a new one.", kind: XvaErrorKind.Truncated);
             if (Array.TrueForAll(_header, b => b == 0))
             {
                 // End of archive: consume the second zero block when it is there, so Position covers the whole tar.
@@ -127,7 +127,7 @@ internal sealed class XvaTarReader
         long start = _position;
         int got = await ReadUpToAsync(buffer, cancellationToken).ConfigureAwait(false);
         if (got < buffer.Length)
-            throw Error(start + got, $"The stream ends inside a tar member ({got} of {buffer.Length} bytes). The backup is truncated; take a new one.");
+            throw Error(start + got, $"The stream ends inside a tar member ({got} of {buffer.Length} bytes). The backup is truncated; take a new one.", kind: XvaErrorKind.Truncated);
         _dataRemaining = 0;
     }
 
@@ -144,7 +144,7 @@ internal sealed class XvaTarReader
                 int want = (int)Math.Min(toSkip, scratch.Length);
                 int got = await ReadUpToAsync(scratch.AsMemory(0, want), cancellationToken).ConfigureAwait(false);
                 if (got < want)
-                    throw Error(_position, "The stream ends inside a tar member or its padding. The backup is truncated; take a new one.");
+                    throw Error(_position, "The stream ends inside a tar member or its padding. The backup is truncated; take a new one.", kind: XvaErrorKind.Truncated);
                 toSkip -= got;
             }
         }
@@ -252,7 +252,7 @@ internal sealed class XvaTarReader
         catch (EndOfStreamException ex)
         {
             // zstd's decoder reports a frame cut short this way.
-            throw Error(_position + total, "The compressed stream ends early. The backup is truncated (an interrupted download?); take a new one.", ex);
+            throw Error(_position + total, "The compressed stream ends early. The backup is truncated (an interrupted download?); take a new one.", ex, XvaErrorKind.Truncated);
         }
         catch (Exception ex) when (ex is InvalidDataException or ZstdSharp.ZstdException)
         {

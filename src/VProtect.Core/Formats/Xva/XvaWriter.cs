@@ -9,7 +9,8 @@ namespace VProtect.Core.Formats.Xva;
 /// <summary>
 /// Writes an XVA the way xapi's /export does: V7 tar headers, ova.xml first, then each VDI (in id order) as
 /// <c>Ref:n/%08d</c> 1 MiB chunks, each followed by its checksum file; all-zero chunks are omitted (the first and
-/// last chunk of a disk are always written). Streams with one chunk buffer; the output may be forward-only.
+/// last chunk of a disk are always written). Streams with two chunk buffers (one being read from the source while the
+/// other is written); the output may be forward-only.
 /// </summary>
 public static class XvaWriter
 {
@@ -28,7 +29,7 @@ public static class XvaWriter
         var compressed = XvaCompressionStreams.OpenForWrite(counting, options.Compression, options.ZstdLevel, options.GzipLevel);
         var tarBytes = new CountingWriteStream(compressed);
         var summaries = new List<XvaDiskWriteSummary>();
-        var buffer = ArrayPool<byte>.Shared.Rent(XvaFormat.ChunkSize);
+        byte[][] buffers = [ArrayPool<byte>.Shared.Rent(XvaFormat.ChunkSize), ArrayPool<byte>.Shared.Rent(XvaFormat.ChunkSize)];
         try
         {
             await using (compressed.ConfigureAwait(false))
@@ -41,7 +42,7 @@ public static class XvaWriter
                     var sinceLastMember = Stopwatch.StartNew();
                     foreach (var disk in ordered)
                     {
-                        var summary = await WriteDiskAsync(tar, disk, buffer, options, sinceLastMember,
+                        var summary = await WriteDiskAsync(tar, disk, buffers, options, sinceLastMember,
                             done => options.Progress?.Report(new TransferProgress(doneOfFinished + done, total)), cancellationToken).ConfigureAwait(false);
                         summaries.Add(summary);
                         doneOfFinished += disk.Source.Length;
@@ -51,7 +52,8 @@ public static class XvaWriter
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(buffer);
+            ArrayPool<byte>.Shared.Return(buffers[0]);
+            ArrayPool<byte>.Shared.Return(buffers[1]);
         }
         await output.FlushAsync(cancellationToken).ConfigureAwait(false);
         return new XvaWriteResult(summaries, tarBytes.BytesWritten);
@@ -87,7 +89,7 @@ public static class XvaWriter
         return length + 2 * TarBlock;
     }
 
-    private static async Task<XvaDiskWriteSummary> WriteDiskAsync(TarWriter tar, XvaDiskSource disk, byte[] buffer, XvaWriteOptions options,
+    private static async Task<XvaDiskWriteSummary> WriteDiskAsync(TarWriter tar, XvaDiskSource disk, byte[][] buffers, XvaWriteOptions options,
         Stopwatch sinceLastMember, Action<long> progress, CancellationToken ct)
     {
         var src = disk.Source;
@@ -109,28 +111,51 @@ public static class XvaWriter
             nextIndex = index;
         }
 
-        await foreach (long index in CandidateChunksAsync(src, ct).ConfigureAwait(false))
+        // Two buffers: the next candidate chunk is read from the source while this one is checked, hashed and written.
+        var candidates = CandidateChunksAsync(src, ct).GetAsyncEnumerator(ct);
+        int current = 0;
+        Task<(long Index, int Length)?> fetch = FetchAsync(candidates, src, buffers[current], ct);
+        try
         {
-            await SkipToAsync(index).ConfigureAwait(false);
-            int length = ChunkLength(src.Length, index);
-            var data = buffer.AsMemory(0, length);
-            await src.ReadAsync(index * XvaFormat.ChunkSize, data, ct).ConfigureAwait(false);
-            bool mustWrite = index == 0 || index == chunkCount - 1;
-            if (!mustWrite && options.ZeroChunks == XvaZeroChunkDetection.ExtentsAndContent && !data.Span.ContainsAnyExcept((byte)0))
+            while (await fetch.ConfigureAwait(false) is { } next)
             {
-                progress(Math.Min(src.Length, (index + 1) * (long)XvaFormat.ChunkSize));
-                continue; // stays omitted; nextIndex unchanged so the gap includes it
+                var (index, length) = next;
+                var data = buffers[current].AsMemory(0, length);
+                current ^= 1;
+                fetch = FetchAsync(candidates, src, buffers[current], ct);
+
+                bool mustWrite = index == 0 || index == chunkCount - 1;
+                if (!mustWrite && options.ZeroChunks == XvaZeroChunkDetection.ExtentsAndContent && !data.Span.ContainsAnyExcept((byte)0))
+                {
+                    progress(Math.Min(src.Length, (index + 1) * (long)XvaFormat.ChunkSize));
+                    continue; // omitted: the gap before the next written chunk covers it
+                }
+                await SkipToAsync(index).ConfigureAwait(false);
+                await WriteChunkAsync(tar, disk.VdiId, index + shift, data, options.Checksum, ct).ConfigureAwait(false);
+                sinceLastMember.Restart();
+                nextIndex = index + 1;
+                written++;
+                dataBytes += length;
+                progress(index * (long)XvaFormat.ChunkSize + length);
             }
-            if (index > nextIndex) await SkipToAsync(index).ConfigureAwait(false);
-            await WriteChunkAsync(tar, disk.VdiId, index + shift, data, options.Checksum, ct).ConfigureAwait(false);
-            sinceLastMember.Restart();
-            nextIndex = index + 1;
-            written++;
-            dataBytes += length;
-            progress(index * (long)XvaFormat.ChunkSize + length);
+        }
+        finally
+        {
+            // Never hand a buffer back to the pool while a read into it is still running.
+            try { await fetch.ConfigureAwait(false); } catch { /* the error that got us here matters more */ }
+            await candidates.DisposeAsync().ConfigureAwait(false);
         }
         progress(src.Length);
         return new XvaDiskWriteSummary(disk.VdiId, src.Length, written, chunkCount - written, keepAlives, dataBytes);
+    }
+
+    private static async Task<(long Index, int Length)?> FetchAsync(IAsyncEnumerator<long> candidates, IBlockSource src, byte[] buffer, CancellationToken ct)
+    {
+        if (!await candidates.MoveNextAsync().ConfigureAwait(false)) return null;
+        long index = candidates.Current;
+        int length = ChunkLength(src.Length, index);
+        await src.ReadAsync(index * XvaFormat.ChunkSize, buffer.AsMemory(0, length), ct).ConfigureAwait(false);
+        return (index, length);
     }
 
     /// <summary>Chunk indexes that may hold data (overlapping an allocated extent), plus the first and last chunk.</summary>
@@ -185,6 +210,8 @@ public static class XvaWriter
         var seen = new HashSet<string>(StringComparer.Ordinal);
         foreach (var d in disks)
         {
+            if (!XvaFormat.IsExportId(d.VdiId))
+                throw new ArgumentException($"Disk id '{d.VdiId}' is not an export id like 'Ref:12'; xapi and our reader accept only those as chunk directories.", nameof(disks));
             var record = metadata.Find(d.VdiId);
             if (record is null || record.Class != "VDI")
                 throw new ArgumentException($"Disk '{d.VdiId}' is not a VDI object in the metadata; give each disk the export id (Ref:n) of its VDI record.", nameof(disks));
