@@ -76,6 +76,60 @@ internal sealed class FakeXapi : IAsyncDisposable
         return this;
     }
 
+    public ConcurrentDictionary<string, Dictionary<string, object?>> Tasks { get; } = new(StringComparer.Ordinal);
+    private int _taskCounter;
+
+    /// <summary>task.create/get_record/cancel/destroy over <see cref="Tasks"/>, as xapi keeps them.</summary>
+    public FakeXapi WithTasks()
+    {
+        Methods["task.create"] = args =>
+        {
+            var t = $"OpaqueRef:task-{Interlocked.Increment(ref _taskCounter)}";
+            Tasks[t] = new Dictionary<string, object?>
+            {
+                ["uuid"] = Guid.NewGuid().ToString(), ["name_label"] = args[1], ["status"] = "pending", ["progress"] = 0.0,
+                ["result"] = "", ["error_info"] = Array.Empty<object?>(),
+            };
+            return Ok(t);
+        };
+        Methods["task.get_record"] = args =>
+        {
+            if (!Tasks.TryGetValue((string)args[1]!, out var r)) return Fail("HANDLE_INVALID", "task", (string)args[1]!);
+            lock (r) return Ok(new Dictionary<string, object?>(r));
+        };
+        Methods["task.cancel"] = args =>
+        {
+            if (!Tasks.TryGetValue((string)args[1]!, out var r)) return Fail("HANDLE_INVALID", "task", (string)args[1]!);
+            lock (r)
+                if ((string?)r["status"] == "pending") { r["status"] = "cancelled"; r["error_info"] = new object?[] { "TASK_CANCELLED", args[1] }; }
+            return Ok("");
+        };
+        Methods["task.destroy"] = args => Tasks.TryRemove((string)args[1]!, out _) ? Ok("") : Fail("HANDLE_INVALID", "task", (string)args[1]!);
+        return this;
+    }
+
+    public void CompleteTask(string taskRef, string resultXml)
+    {
+        var r = Tasks[taskRef];
+        lock (r)
+        {
+            r["result"] = resultXml;
+            r["progress"] = 1.0;
+            r["status"] = "success";
+        }
+    }
+
+    public void FailTask(string taskRef, params string[] errorInfo)
+    {
+        var r = Tasks[taskRef];
+        lock (r)
+        {
+            r["error_info"] = errorInfo.Cast<object?>().ToArray();
+            r["progress"] = 1.0;
+            r["status"] = "failure";
+        }
+    }
+
     public void InvalidateAllSessions()
     {
         lock (ValidSessions) ValidSessions.Clear();

@@ -303,6 +303,22 @@ public class XmlRpcCodecTests
     }
 
     [Fact]
+    public void Value_document_decodes_from_a_stream_with_declaration()
+    {
+        var xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n" + XmlRpc.EncodeValue(new Dictionary<string, object?>
+        {
+            ["version"] = new Dictionary<string, object?> { ["export_vsn"] = 2L, ["hostname"] = "xs1" },
+            ["objects"] = new object?[] { new Dictionary<string, object?> { ["class"] = "VM", ["id"] = "Ref:12", ["snapshot"] = new Dictionary<string, object?>() } },
+        });
+        using var ms = new MemoryStream(Encoding.UTF8.GetBytes(xml));
+        var ova = Assert.IsType<Dictionary<string, object?>>(XmlRpc.DecodeValue(ms));
+        Assert.Equal("2", Assert.IsType<Dictionary<string, object?>>(ova["version"])["export_vsn"]);
+        Assert.Equal("Ref:12", Assert.IsType<Dictionary<string, object?>>(Assert.Single(Assert.IsType<object?[]>(ova["objects"])))["id"]);
+        using var hostile = new MemoryStream(Encoding.UTF8.GetBytes("<!DOCTYPE v [<!ENTITY e \"x\">]><value>&e;</value>"));
+        Assert.Throws<XapiWireException>(() => XmlRpc.DecodeValue(hostile));
+    }
+
+    [Fact]
     public void Response_decodes_from_a_stream()
     {
         using var ms = new MemoryStream(Encoding.UTF8.GetBytes(LoginSuccess));

@@ -88,7 +88,7 @@ internal sealed class RpcTransport : IDisposable
             await using var stream = await response.Content.ReadAsStreamAsync(timeout.Token).ConfigureAwait(false);
             // Buffer into a pooled-free MemoryStream: the decoders need the whole document, and responses are metadata-sized.
             using var buffer = new MemoryStream();
-            await stream.CopyToAsync(buffer, timeout.Token).ConfigureAwait(false);
+            await CopyBoundedAsync(stream, buffer, endpoint, method, timeout.Token).ConfigureAwait(false);
             buffer.Position = 0;
             try
             {
@@ -107,6 +107,28 @@ internal sealed class RpcTransport : IDisposable
         catch (HttpRequestException ex)
         {
             throw new XapiConnectionException(DescribeFailure(endpoint, ex), endpoint, ex);
+        }
+    }
+
+    /// <summary>Largest RPC answer accepted; a pool's get_all_records is megabytes, so this only stops a runaway peer.</summary>
+    internal const long MaxResponseBytes = 512L * 1024 * 1024;
+
+    private static async Task CopyBoundedAsync(Stream source, MemoryStream destination, Uri endpoint, string method, CancellationToken ct)
+    {
+        var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(81920);
+        try
+        {
+            int n;
+            while ((n = await source.ReadAsync(buffer, ct).ConfigureAwait(false)) > 0)
+            {
+                if (destination.Length + n > MaxResponseBytes)
+                    throw new XapiConnectionException($"{endpoint} sent more than {MaxResponseBytes >> 20} MiB in answer to {method}; refusing to buffer it.", endpoint);
+                destination.Write(buffer, 0, n);
+            }
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
         }
     }
 

@@ -246,6 +246,19 @@ public static class XmlRpc
         });
     }
 
+    /// <summary>Decodes one <c>&lt;value&gt;</c> document from a stream (e.g. ova.xml read from a tar entry), without a string copy.</summary>
+    public static object? DecodeValue(Stream fragment)
+    {
+        ArgumentNullException.ThrowIfNull(fragment);
+        return Parse(fragment, r =>
+        {
+            MoveToRoot(r, "value");
+            var v = ReadValue(r, 0);
+            ExpectDocumentEnd(r);
+            return v;
+        });
+    }
+
     internal static XmlReaderSettings ReaderSettings() => new()
     {
         DtdProcessing = DtdProcessing.Prohibit,
