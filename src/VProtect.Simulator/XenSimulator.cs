@@ -18,6 +18,9 @@ namespace VProtect.Simulator;
 /// </summary>
 public sealed class XenSimulator : IAsyncDisposable
 {
+    /// <summary>Storage unit of the layers and of the CBT bitmaps.</summary>
+    public const int UnitSize = Layer.UnitSize;
+
     /// <summary>Address of the pool member; loopback /8 lets it share the master's ports (Linux).</summary>
     public static readonly IPAddress MemberAddress = IPAddress.Parse("127.0.0.2");
 
@@ -57,6 +60,14 @@ public sealed class XenSimulator : IAsyncDisposable
     /// <summary>Content of a VDI by uuid, as the shared block-device abstractions (writes mark CBT like guest writes).</summary>
     public VdiDisk OpenVdi(string vdiUuid)
         => _core.Storage.Exists(vdiUuid) ? _core.Storage.Open(vdiUuid) : throw new KeyNotFoundException($"No VDI with uuid {vdiUuid}.");
+
+    /// <summary>The VDI's layer chain, top (writable) first: layer id and allocated 64 KiB units.</summary>
+    public IReadOnlyList<VdiLayerInfo> GetLayers(string vdiUuid)
+        => _core.Storage.Chain(vdiUuid).Select(l => new VdiLayerInfo(l.Id, l.Frozen, l.Units())).ToList();
+
+    /// <summary>64 KiB unit indexes allocated in the layers not shared by the two VDIs' chains (for format=vhd&amp;base=).</summary>
+    public IReadOnlyList<long> GetUnitsDifferingFrom(string vdiUuid, string baseVdiUuid)
+        => _core.Storage.UnitsDifferingFrom(vdiUuid, baseVdiUuid).ToList();
 
     public static async Task<XenSimulator> StartAsync(SimulatorOptions options, CancellationToken ct = default)
     {
@@ -190,3 +201,6 @@ public sealed class XenSimulator : IAsyncDisposable
 
     public async ValueTask DisposeAsync() => await StopAsync().ConfigureAwait(false);
 }
+
+/// <summary>One layer of a VDI chain (like one VHD of a XenServer chain).</summary>
+public sealed record VdiLayerInfo(string Id, bool Frozen, IReadOnlyList<long> AllocatedUnits);

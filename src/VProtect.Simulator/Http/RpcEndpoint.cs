@@ -38,6 +38,7 @@ internal sealed class RpcEndpoint
         string response;
         try { response = XmlRpc.EncodeSuccess(await InvokeAsync(ex, call.Method, call.Args, ct).ConfigureAwait(false)); }
         catch (XapiError e) { response = XmlRpc.EncodeFailure(e.ErrorDescription); }
+        catch (Exception e) when (e is not OperationCanceledException) { response = XmlRpc.EncodeFailure(["INTERNAL_ERROR", e.Message]); }
         await ex.RespondTextAsync(200, "OK", "text/xml", response, ct, Cors).ConfigureAwait(false);
     }
 
@@ -55,15 +56,12 @@ internal sealed class RpcEndpoint
         string response;
         try { response = JsonRpc.EncodeSuccess(await InvokeAsync(ex, request.Method, request.Args, ct).ConfigureAwait(false), request.Id, request.Version); }
         catch (XapiError e) { response = JsonRpc.EncodeFailure(e.ErrorDescription, request.Id, request.Version); }
+        catch (Exception e) when (e is not OperationCanceledException) { response = JsonRpc.EncodeFailure(["INTERNAL_ERROR", e.Message], request.Id, request.Version); }
         await ex.RespondTextAsync(200, "OK", "application/json", response, ct, Cors).ConfigureAwait(false);
     }
 
     private Task<object?> InvokeAsync(HttpExchange ex, string method, object?[] args, CancellationToken ct)
-    {
-        var origin = ex.Host as CallOrigin ?? CallOrigin.Internal;
-        try { return _core.Dispatcher.InvokeAsync(method, args, origin, ct); }
-        catch (XapiError) { throw; }
-    }
+        => _core.Dispatcher.InvokeAsync(method, args, ex.Host as CallOrigin ?? CallOrigin.Internal, ct);
 
     private static async Task<string?> ReadBodyAsync(HttpExchange ex, CancellationToken ct)
     {

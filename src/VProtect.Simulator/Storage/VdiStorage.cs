@@ -119,6 +119,23 @@ internal sealed class VdiStorage : IDisposable
         }
     }
 
+    /// <summary>
+    /// 64 KiB units allocated in any layer of the symmetric difference of the two chains, as vhd-tool computes a
+    /// differencing VHD against a base (export_raw_vdi format=vhd&amp;base=). Content may be unchanged inside them.
+    /// </summary>
+    public SortedSet<long> UnitsDifferingFrom(string uuid, string baseUuid)
+    {
+        lock (_gate)
+        {
+            var a = Chain(uuid); var b = Chain(baseUuid);
+            var aIds = a.Select(l => l.Id).ToHashSet(); var bIds = b.Select(l => l.Id).ToHashSet();
+            var units = new SortedSet<long>();
+            foreach (var l in a.Where(l => !bIds.Contains(l.Id)).Concat(b.Where(l => !aIds.Contains(l.Id))))
+                foreach (var u in l.Units()) units.Add(u);
+            return units;
+        }
+    }
+
     /// <summary>Read/write view of a VDI's virtual content.</summary>
     public VdiDisk Open(string uuid) => new(this, uuid);
 

@@ -10,6 +10,7 @@ internal sealed class PoolCalls
 
     public void Register(XapiDispatcher d)
     {
+        d.Register("system.listMethods", 0, 0, _ => d.ListMethods(), session: false, hasAsync: false);
         d.Register("host.get_server_certificate", 1, 1, c => { _core.Db.Get("host", c.Str(0)); return HostCertificate.ToPem(_core.Certificate); }, hasAsync: false);
         d.Register("host.get_servertime", 1, 1, c => { _core.Db.Get("host", c.Str(0)); return DateTime.UtcNow; }, hasAsync: false);
         d.Register("host.get_server_localtime", 1, 1, c => { _core.Db.Get("host", c.Str(0)); return DateTime.UtcNow; }, hasAsync: false);

@@ -28,7 +28,7 @@ internal sealed class VmCalls
         d.Register("VM.destroy", 1, 1, c => { Destroy(Db.Get("VM", c.Str(0))); return ""; });
         d.Register("VM.create", 1, 1, c => Create(c.Map(0)));
         d.Register("VM.set_is_a_template", 2, 2, c => { SetTemplate(Db.Get("VM", c.Str(0)), c.Bool(1)); return ""; }, hasAsync: false);
-        d.Register("VM.start", 2, 2, c => { Power(Db.Get("VM", c.Str(0)), "start", c.Bool(1) ? "Paused" : "Running", ["Halted"]); return ""; });
+        d.Register("VM.start", 3, 3, c => { Power(Db.Get("VM", c.Str(0)), "start", c.Bool(1) ? "Paused" : "Running", ["Halted"]); return ""; });
         d.Register("VM.start_on", 4, 4, c => { Power(Db.Get("VM", c.Str(0)), "start_on", c.Bool(2) ? "Paused" : "Running", ["Halted"], c.Str(1)); return ""; });
         d.Register("VM.shutdown", 1, 1, c => { Power(Db.Get("VM", c.Str(0)), "shutdown", "Halted", ["Running", "Paused", "Suspended"]); return ""; });
         d.Register("VM.clean_shutdown", 1, 1, c => { Power(Db.Get("VM", c.Str(0)), "clean_shutdown", "Halted", ["Running"]); return ""; });

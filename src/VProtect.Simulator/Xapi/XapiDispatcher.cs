@@ -31,6 +31,11 @@ internal sealed class XapiDispatcher
 
     public bool IsRegistered(string name) => _methods.ContainsKey(name);
 
+    /// <summary>system.listMethods: the explicit methods plus each class's get_all_records (XO finds its types that way).</summary>
+    public object?[] ListMethods()
+        => _methods.Keys.Concat(Schema.All.Where(c => c.Name != "session").SelectMany(c => new[] { $"{c.Name}.get_all_records", $"{c.Name}.get_all", $"{c.Name}.get_record", $"{c.Name}.get_by_uuid" }))
+            .Distinct().Order(StringComparer.Ordinal).Select(m => (object?)m).ToArray();
+
     public async Task<object?> InvokeAsync(string method, object?[] args, CallOrigin origin, CancellationToken ct)
     {
         bool isAsync = method.StartsWith("Async.", StringComparison.Ordinal);
