@@ -51,7 +51,7 @@ Describe 'The pipeline sink' {
         $type = [VProtect.PowerShell.Infrastructure.PipelineSink]
         $ctor = $type.GetConstructors([System.Reflection.BindingFlags]'NonPublic,Instance')[0]
         $script:Flags = [System.Reflection.BindingFlags]'NonPublic,Instance'
-        function New-Sink([scriptblock] $Clock) { $ctor.Invoke(@([Func[datetime]]$Clock)) }
+        function New-Sink([scriptblock] $Clock) { $ctor.Invoke(@([System.Threading.CancellationToken]::None, [Func[datetime]]$Clock)) }
         function Get-Queued($Sink) {
             [void]$Sink.GetType().GetMethod('Complete', $Flags).Invoke($Sink, @())
             @($Sink.GetType().GetMethod('Drain', $Flags).Invoke($Sink, @())).Count
@@ -105,5 +105,17 @@ Describe 'The pipeline sink' {
         [void]$sink.GetType().GetMethod('Complete', $Flags).Invoke($sink, @())
         { $sink.WriteObject(2); $sink.WriteWarning('late') } | Should -Not -Throw
         @($sink.GetType().GetMethod('Drain', $Flags).Invoke($sink, @())).Count | Should -Be 1
+    }
+
+    It 'is bounded: when the pipeline falls behind, a stopped cmdlet releases the producer with a cancellation' {
+        $cts = [System.Threading.CancellationTokenSource]::new()
+        $sink = $ctor.Invoke(@($cts.Token, [Func[datetime]] { [datetime]::UtcNow }))
+        $capacity = [VProtect.PowerShell.Infrastructure.PipelineSink].GetField('Capacity', [System.Reflection.BindingFlags]'NonPublic,Static').GetValue($null)
+        for ($i = 0; $i -lt $capacity; $i++) { $sink.WriteObject($i) }
+        $cts.Cancel()
+        $err = { $sink.WriteObject('one too many') } | Should -Throw -PassThru
+        $err.Exception.InnerException | Should -BeOfType ([System.OperationCanceledException])
+        [void]$sink.GetType().GetMethod('Complete', $Flags).Invoke($sink, @())
+        @($sink.GetType().GetMethod('Drain', $Flags).Invoke($sink, @())).Count | Should -Be $capacity
     }
 }
