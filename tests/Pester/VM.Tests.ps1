@@ -96,6 +96,11 @@ Describe 'Get-XenPoolVM' {
         @(Get-XenPoolVM -IncludeSnapshots).Count | Should -Be ($Listed.Count + $snapshots.Count)
     }
 
+    It 'writes the engine''s verbose messages (from its worker task) on the pipeline' {
+        $verbose = @(Get-XenPoolVM -Verbose 4>&1 | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] })
+        @($verbose | Where-Object Message -Match '^Read \d+ VM, \d+ VBD, \d+ VDI and \d+ VIF records').Count | Should -Be 1
+    }
+
     It 'has a table view with name, power state, disks and size' {
         (Get-FormatData -TypeName VProtect.PowerShell.XenPoolVM) | Should -Not -BeNullOrEmpty
         $text = $Listed | Format-Table | Out-String -Width 250
