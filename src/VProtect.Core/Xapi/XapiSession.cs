@@ -51,6 +51,11 @@ public sealed partial class XapiSession : IAsyncDisposable
     public bool? IsLocalSuperuser { get; private set; }
 
     public XapiProtocol Protocol => _transport.Protocol;
+
+    private XapiHttpTransfer? _http;
+
+    /// <summary>HTTP transfers (/export, /import, …) authenticated with this session.</summary>
+    public XapiHttpTransfer Http => LazyInitializer.EnsureInitialized(ref _http, () => new XapiHttpTransfer(this));
     public XapiConnectionOptions Options => _options;
 
     /// <summary>True for API version ≥ major.minor (e.g. 2.8 = XenServer 7.3).</summary>

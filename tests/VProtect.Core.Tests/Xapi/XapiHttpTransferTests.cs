@@ -85,6 +85,8 @@ public class XapiHttpTransferTests
         Assert.Equal("", await download.CompleteAsync(Bounded()));
         Assert.NotNull(seen);
         Assert.Equal("GET", seen!.Method);
+        Assert.Equal("HTTP/1.1", seen.HttpVersion);
+        Assert.Equal($"127.0.0.1:{fake.Port}", seen.Headers["Host"]);
         Assert.Equal("/export", seen.Path);
         Assert.Equal("OpaqueRef:snap-1", seen.Query["ref"]);
         Assert.Equal("zstd", seen.Query["use_compression"]);
@@ -223,6 +225,8 @@ public class XapiHttpTransferTests
         Assert.Equal("OpaqueRef:vdi-1", result);
         Assert.NotNull(seen);
         Assert.Equal("PUT", seen!.Method);
+        Assert.Equal("HTTP/1.1", seen.HttpVersion);
+        Assert.StartsWith("/import_raw_vdi?", seen.Target);
         Assert.Equal("/import_raw_vdi", seen.Path);
         Assert.Equal("OpaqueRef:vdi-1", seen.Query["vdi"]);
         Assert.Equal("raw", seen.Query["format"]);

@@ -172,6 +172,33 @@ public class XapiSessionTests
     }
 
     [Fact]
+    public async Task Concurrent_calls_on_an_expired_session_log_in_again_only_once()
+    {
+        await using var fake = new FakeXapi().WithStandardPool();
+        fake.Methods["VM.get_all"] = _ => FakeXapi.Ok(Array.Empty<object?>());
+        await using var session = await XapiSession.LoginAsync(fake.Url, "root", "secret", Options(XapiProtocol.XmlRpc), Bounded());
+        fake.InvalidateAllSessions();
+
+        await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => session.CallAsync("VM.get_all", Array.Empty<object?>(), Bounded())));
+
+        Assert.Equal(2, fake.Calls.Count(c => c.Method == "session.login_with_password"));
+        // Every call succeeded exactly once, on the one new session.
+        Assert.Equal(8, fake.Calls.Count(c => c.Method == "VM.get_all" && (string?)c.Args[0] == session.OpaqueRef));
+        Assert.Contains(session.OpaqueRef, fake.ValidSessions);
+    }
+
+    [Fact]
+    public async Task Concurrent_json_calls_get_distinct_ids_and_answers()
+    {
+        await using var fake = new FakeXapi().WithStandardPool();
+        fake.Methods["VM.get_name_label"] = args => FakeXapi.Ok("name-of-" + args[1]);
+        await using var session = await XapiSession.LoginAsync(fake.Url, "root", "secret", Options(XapiProtocol.JsonRpc), Bounded());
+        var refs = Enumerable.Range(0, 16).Select(i => $"OpaqueRef:vm-{i}").ToArray();
+        var names = await Task.WhenAll(refs.Select(r => session.CallAsync("VM.get_name_label", new object?[] { r }, Bounded())));
+        Assert.Equal(refs.Select(r => "name-of-" + r), names);
+    }
+
+    [Fact]
     public async Task Refused_connection_is_a_connection_exception_naming_the_url()
     {
         var listener = new TcpListener(IPAddress.Loopback, 0);

@@ -36,6 +36,7 @@ public class XapiTlsTests
         var ex = await Assert.ThrowsAsync<XapiConnectionException>(() =>
             XapiSession.LoginAsync(fake.Url, "root", "secret", Options(_ => { }), Bounded()));
         Assert.Contains("TLS", ex.Message);
+        Assert.Contains($"127.0.0.1:{fake.Port}", ex.Message);
         Assert.Empty(fake.Calls); // nothing, not even the password, went over the untrusted channel
     }
 

@@ -54,7 +54,7 @@ internal sealed class HttpConnection : IAsyncDisposable
                 catch (AuthenticationException ex)
                 {
                     await ssl.DisposeAsync().ConfigureAwait(false);
-                    throw new XapiConnectionException($"TLS with {url.Host} failed: {certificates.LastRejection ?? ex.Message}.", Redact(url), ex);
+                    throw new XapiConnectionException($"TLS with {Redact(url).GetLeftPart(UriPartial.Path)} failed: {certificates.LastRejection ?? ex.Message}.", Redact(url), ex);
                 }
                 stream = ssl;
             }

@@ -135,12 +135,12 @@ internal sealed class RpcTransport : IDisposable
     private string DescribeFailure(Uri endpoint, HttpRequestException ex)
     {
         if (ex.InnerException is AuthenticationException || ex.HttpRequestError == HttpRequestError.SecureConnectionError)
-            return $"TLS with {endpoint.Host} failed: {_certificates.LastRejection ?? ex.Message}.";
+            return $"TLS with {endpoint} failed: {_certificates.LastRejection ?? ex.Message}.";
         if (ex.InnerException is SocketException se)
             return se.SocketErrorCode switch
             {
                 SocketError.ConnectionRefused => $"{endpoint} refused the connection; check the address and that xapi is running.",
-                SocketError.HostNotFound or SocketError.NoData => $"The host name '{endpoint.Host}' could not be resolved; check the URL.",
+                SocketError.HostNotFound or SocketError.NoData => $"The host name in {endpoint} could not be resolved; check the URL.",
                 _ => $"Could not connect to {endpoint}: {se.Message}.",
             };
         return $"Could not call {endpoint}: {ex.Message}.";
