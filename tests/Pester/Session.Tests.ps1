@@ -32,6 +32,14 @@ Describe 'Connect-XenPool' {
         $global:VProtectXenPoolSession | Should -Be $s
     }
 
+    It 'shows the session in a table with pool, master, API version, user and protocol' {
+        $s = Connect-XenPool -Url $Sim.Url -Credential $Cred -PassThru
+        $lines = @(($s | Format-Table | Out-String -Width 250) -split "`n" | Where-Object { $_ -match '\S' })
+        $lines[0] | Should -Match '^PoolName\s+Master\s+ApiVersion\s+UserName\s+Protocol\s+Url'
+        $lines[2] | Should -Match ([regex]::Escape($s.PoolName))
+        $lines[2] | Should -Match ([regex]::Escape($s.Url))
+    }
+
     It 'writes nothing without -PassThru' {
         $out = Connect-XenPool -Url $Sim.Url -Credential $Cred
         $out | Should -BeNullOrEmpty

@@ -30,6 +30,11 @@ Describe 'Start-XenSimulator' {
             $sim.IsRunning | Should -BeTrue
             Test-Listening $sim.Url | Should -BeTrue
             Test-Listening $sim.HttpsUrl | Should -BeTrue
+            # The list view shows the user name, never the password.
+            $text = $sim | Format-List | Out-String -Width 250
+            $text | Should -Match "UserName\s+: $([regex]::Escape($sim.Credential.UserName))"
+            $text | Should -Match ([regex]::Escape($sim.CertificateThumbprint))
+            $text | Should -Not -Match ([regex]::Escape($sim.Credential.GetNetworkCredential().Password))
         }
         finally { $sim | Stop-XenSimulator }
     }
