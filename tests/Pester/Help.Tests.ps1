@@ -70,6 +70,16 @@ Describe 'Help of <Name>' -ForEach $commands {
         }
     }
 
+    It 'lists the accepted values of enum and ValidateSet parameters' {
+        foreach ($p in $cmd.Parameters.Values | Where-Object { $_.Name -notin $Common }) {
+            $set = $p.Attributes | Where-Object { $_ -is [System.Management.Automation.ValidateSetAttribute] }
+            $values = if ($set) { @($set.ValidValues) } elseif ($p.ParameterType.IsEnum) { [Enum]::GetNames($p.ParameterType) } else { @() }
+            if ($values.Count) {
+                @((Get-Help $Name -Parameter $p.Name).parameterValueGroup.parameterValue) | Should -Be $values -Because "-$($p.Name) takes only these"
+            }
+        }
+    }
+
     It 'has at least one example with code' {
         @($help.examples.example).Count | Should -BeGreaterThan 0
         foreach ($e in $help.examples.example) { $e.code | Should -Not -BeNullOrEmpty }
