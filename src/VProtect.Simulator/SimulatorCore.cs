@@ -60,7 +60,9 @@ internal sealed class SimulatorCore : IDisposable
     /// <summary>task.result is the XML-RPC &lt;value&gt; fragment of the return value (taskHelper.ml).</summary>
     public string EncodeResultValue(object? value) => XmlRpc.EncodeValue(value ?? "");
 
-    public CallOrigin OriginFor(bool master) => new(master ? MasterRef : MemberRef, master);
+    public CallOrigin OriginFor(bool master) => new(master);
+
+    public string HostRefFor(CallOrigin origin) => origin.IsMaster ? MasterRef : MemberRef;
 
     public void Dispose() => Storage.Dispose();
 }

@@ -61,6 +61,22 @@ public sealed class XenSimulator : IAsyncDisposable
     public VdiDisk OpenVdi(string vdiUuid)
         => _core.Storage.Exists(vdiUuid) ? _core.Storage.Open(vdiUuid) : throw new KeyNotFoundException($"No VDI with uuid {vdiUuid}.");
 
+    /// <summary>
+    /// The address of the host that sees an SR better (scenario switch srBetterSeenFrom), for the transfer handlers'
+    /// 302; null when the master is fine. Accepts the SR's ref, uuid or name_label.
+    /// </summary>
+    public string? BetterHostAddressForSr(string sr)
+    {
+        var db = _core.Db;
+        lock (db.Gate)
+        {
+            var srObj = db.TryGet(sr) is { Class: "SR" } byRef ? byRef : db.TryGetByUuid("SR", sr) ?? db.All("SR").FirstOrDefault(s => s.Str("name_label") == sr);
+            if (srObj is null || !_core.Settings.SrBetterSeenFrom.TryGetValue(srObj.Str("name_label"), out var hostName)) return null;
+            var host = db.All("host").FirstOrDefault(h => h.Str("name_label") == hostName);
+            return host is null || host.Ref == _core.MasterRef ? null : host.Str("address");
+        }
+    }
+
     /// <summary>The VDI's layer chain, top (writable) first: layer id and allocated 64 KiB units.</summary>
     public IReadOnlyList<VdiLayerInfo> GetLayers(string vdiUuid)
         => _core.Storage.Chain(vdiUuid).Select(l => new VdiLayerInfo(l.Id, l.Frozen, l.Units())).ToList();

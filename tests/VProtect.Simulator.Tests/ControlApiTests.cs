@@ -127,6 +127,10 @@ public sealed class ControlApiTests
         using var c2 = await h.LoginAsync();
         Assert.Equal(before - 1, V.Arr(await c2.CallAsync("VM.get_all")).Length);
         Assert.Empty(V.Arr(await c2.CallAsync("VM.get_by_name_label", "extra")));
+        // New sessions and tasks point at the rebuilt hosts, not the ones from before the reset.
+        Assert.Equal(Scenario.DefaultScenario.MasterName, V.Str(await c2.CallAsync("host.get_name_label", V.Str(await c2.CallAsync("session.get_this_host", c2.Session)))));
+        var task = V.Str(await c2.CallAsync("task.create", "t", ""));
+        Assert.Equal(Scenario.DefaultScenario.MasterName, V.Str(await c2.CallAsync("host.get_name_label", V.Str(await c2.CallAsync("task.get_resident_on", task)))));
     }
 
     [Fact]

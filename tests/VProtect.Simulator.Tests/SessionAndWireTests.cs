@@ -80,6 +80,22 @@ public sealed class SessionAndWireTests
     }
 
     [Fact]
+    public async Task At_most_500_sessions_per_originator_the_oldest_goes_first()
+    {
+        await using var h = await SimHandle.StartAsync("empty");
+        using var c = new XapiTestClient(h.Sim.Url, Protocol.JsonRpcV2);
+        var first = V.Str(await c.CallNoSessionAsync("session.login_with_password", h.Sim.User, h.Sim.Password, "1.1", "leaky"));
+        var second = V.Str(await c.CallNoSessionAsync("session.login_with_password", h.Sim.User, h.Sim.Password, "1.1", "leaky"));
+        var other = V.Str(await c.CallNoSessionAsync("session.login_with_password", h.Sim.User, h.Sim.Password, "1.1", "careful"));
+        for (int i = 2; i < 500; i++) await c.CallNoSessionAsync("session.login_with_password", h.Sim.User, h.Sim.Password, "1.1", "leaky");
+        Assert.Single(V.Arr(await c.CallNoSessionAsync("pool.get_all", first))); // 500 sessions: all still valid
+        await c.CallNoSessionAsync("session.login_with_password", h.Sim.User, h.Sim.Password, "1.1", "leaky");
+        Assert.Equal(["SESSION_INVALID", first], (await c.RawCallAsync("pool.get_all", [first])).ErrorDescription);
+        Assert.Single(V.Arr(await c.CallNoSessionAsync("pool.get_all", second)));
+        Assert.Single(V.Arr(await c.CallNoSessionAsync("pool.get_all", other)));
+    }
+
+    [Fact]
     public async Task The_csharp_sdk_post_login_calls_answer()
     {
         await using var h = await SimHandle.StartAsync("empty");

@@ -128,9 +128,13 @@ public sealed class VmTests
         using var c = await h.LoginAsync();
         var running = await c.RefByNameAsync("VM", Scenario.DefaultScenario.WebVm);
         Assert.Equal(["VM_BAD_POWER_STATE", running, "halted, suspended", "running"], (await c.FailsAsync("VM.destroy", running)).Description);
+        var ops = V.Arr(await c.CallAsync("VM.get_allowed_operations", running)).Select(V.Str).ToList();
+        Assert.Contains("snapshot", ops);
+        Assert.DoesNotContain("destroy", ops);
         var snap = V.Str(await c.CallAsync("VM.snapshot", running, "s"));
         var snapVbds = V.Arr(await c.CallAsync("VM.get_VBDs", snap));
         var vdi = V.Str(await c.CallAsync("VBD.get_VDI", V.Str(snapVbds[0])));
+        Assert.Contains("destroy", V.Arr(await c.CallAsync("VM.get_allowed_operations", snap)).Select(V.Str));
         await c.CallAsync("VM.destroy", snap);
         Assert.Equal("HANDLE_INVALID", (await c.FailsAsync("VM.get_record", snap)).Code);
         Assert.Equal("HANDLE_INVALID", (await c.FailsAsync("VBD.get_record", V.Str(snapVbds[0]))).Code);

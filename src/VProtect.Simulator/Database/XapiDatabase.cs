@@ -17,6 +17,8 @@ internal sealed class XapiDatabase
     private readonly List<(long Generation, string Ref)> _changes = new();
     private long _generation;
     private long _oldestRetained;
+    private long _reverseGeneration = -1;
+    private Dictionary<string, List<XapiObject>> _referrers = new(StringComparer.Ordinal);
     private TaskCompletionSource _changed = NewSignal();
 
     public object Gate { get; } = new();
@@ -123,19 +125,42 @@ internal sealed class XapiDatabase
             foreach (var f in spec.Fields)
             {
                 if (f.Inverse is { } inv)
-                    rec[f.Name] = _byRef.Values.Where(o => o.Class == inv.Class && o.Fields.TryGetValue(inv.Field, out var v) && v is string s && s == obj.Ref)
+                    rec[f.Name] = Referrers(obj.Ref).Where(o => o.Class == inv.Class && o.Fields.TryGetValue(inv.Field, out var v) && v is string s && s == obj.Ref)
                         .Select(o => (object?)o.Ref).ToArray();
                 else rec[f.Name] = Copy(obj.Fields.TryGetValue(f.Name, out var v) ? v : f.NewDefault());
             }
+            if (obj.Class == "VM") rec["allowed_operations"] = AllowedOperations.Vm(rec);
+            else if (obj.Class == "VDI")
+                rec["allowed_operations"] = AllowedOperations.Vdi(rec, Referrers(obj.Ref).Any(o => o.Class == "VBD" && o.Bool("currently_attached")
+                    && o.Str("VDI") == obj.Ref && !(_byRef.TryGetValue(o.Str("VM"), out var vm) && vm.Bool("is_a_snapshot"))));
             return rec;
         }
+    }
+
+    /// <summary>Objects with a ref field pointing at <paramref name="target"/>; the index is rebuilt once per generation.</summary>
+    private List<XapiObject> Referrers(string target)
+    {
+        if (_reverseGeneration != _generation)
+        {
+            var index = new Dictionary<string, List<XapiObject>>(StringComparer.Ordinal);
+            foreach (var o in _byRef.Values)
+                foreach (var v in o.Fields.Values)
+                    if (v is string s && s.StartsWith("OpaqueRef:", StringComparison.Ordinal) && s != o.Ref)
+                    {
+                        if (!index.TryGetValue(s, out var list)) index[s] = list = new List<XapiObject>();
+                        if (list.Count == 0 || !ReferenceEquals(list[^1], o)) list.Add(o);
+                    }
+            _referrers = index;
+            _reverseGeneration = _generation;
+        }
+        return _referrers.TryGetValue(target, out var found) ? found : [];
     }
 
     public object? Field(XapiObject obj, string field)
     {
         var spec = Schema.Get(obj.Class);
         if (!spec.TryGetField(field, out var f)) throw new InvalidOperationException($"{obj.Class} has no field {field}");
-        if (f.Inverse is not null) return Record(obj)[field];
+        if (f.Inverse is not null || field == "allowed_operations") return Record(obj)[field];
         lock (Gate) return Copy(obj.Fields.TryGetValue(field, out var v) ? v : f.NewDefault());
     }
 

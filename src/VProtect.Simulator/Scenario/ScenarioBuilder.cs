@@ -62,7 +62,7 @@ public static class DefaultScenario
     /// <summary>Running VM with a 2 GiB system disk partly filled (see <see cref="WebSystemDiskFill"/>).</summary>
     public const string WebVm = "web-01";
     public const long WebSystemDiskSize = 2L << 30;
-    public static readonly ScenarioFill[] WebSystemDiskFill = [new(0, 64L << 20, 1001), new(1L << 30, 16L << 20, 1002), new((2L << 30) - (1L << 20), 1L << 20, 1003)];
+    public static readonly ScenarioFill[] WebSystemDiskFill = [new(0, 8L << 20, 1001), new(1L << 30, 4L << 20, 1002), new((2L << 30) - (1L << 20), 1L << 20, 1003)];
 
     public static IReadOnlyList<ScenarioVm> Vms { get; } =
     [
@@ -71,7 +71,7 @@ public static class DefaultScenario
                       new() { Name = "web-01 data", Size = 1L << 30, Fill = [new(4L << 20, 4L << 20, 1004)] } ],
             Vifs = [ new() { Network = ManagementNetwork }, new() { Network = StorageNetwork } ] },
         new() { Name = "db-01", PowerState = "Halted", MemoryBytes = 4L << 30, Vcpus = 4,
-            Disks = [ new() { Name = "db-01 system", Size = 4L << 30, Fill = [new(0, 8L << 20, 2001)] },
+            Disks = [ new() { Name = "db-01 system", Size = 4L << 30, Fill = [new(0, 4L << 20, 2001)] },
                       new() { Name = "db-01 data", Size = 8L << 30, Fill = [new(100L << 20, 2L << 20, 2002)] },
                       new() { Name = "db-01 log", Size = 512L << 20 } ],
             Vifs = [ new() { Network = ManagementNetwork } ] },

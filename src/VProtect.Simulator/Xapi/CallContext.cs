@@ -3,10 +3,10 @@ using VProtect.Simulator.Database;
 
 namespace VProtect.Simulator.Xapi;
 
-/// <summary>Which simulated host's listener a call arrived on.</summary>
-internal sealed record CallOrigin(string HostRef, bool IsMaster)
+/// <summary>Which simulated host's listener a call arrived on (resolved to a host ref at use: refs change on reset).</summary>
+internal sealed record CallOrigin(bool IsMaster)
 {
-    public static readonly CallOrigin Internal = new(Schema.NullRef, true);
+    public static readonly CallOrigin Internal = new(true);
 }
 
 /// <summary>

@@ -20,6 +20,10 @@ internal sealed class SessionManager
         "vdi.data_destroy", "vdi.get_nbd_info", "http/get_export", "http/put_import", "http/get_export_raw_vdi", "http/put_import_raw_vdi",
     ];
 
+    public const int MaxSessionsPerOriginator = 500;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _loginOrder = new(StringComparer.Ordinal);
+    private long _logins;
+
     public void Register(XapiDispatcher d)
     {
         d.Register("session.login_with_password", 2, 4, c => Login(c), session: false, hasAsync: false);
@@ -42,16 +46,25 @@ internal sealed class SessionManager
         if (c.Str(0) != _core.User || !FixedTimeEquals(c.Str(1), _core.Password))
             throw new XapiError("SESSION_AUTHENTICATION_FAILED");
         var now = DateTime.UtcNow;
+        string originator = c.Count >= 4 ? c.Str(3) : "";
+        // xapi keeps at most 500 sessions per originator and destroys the oldest beyond that (xapi_globs.ml l.289-297).
+        lock (_core.Db.Gate)
+        {
+            var same = _core.Db.All("session").Where(x => x.Str("originator") == originator)
+                .OrderBy(x => _loginOrder.TryGetValue(x.Ref, out var n) ? n : 0).ToList();
+            foreach (var old in same.Take(Math.Max(0, same.Count - (MaxSessionsPerOriginator - 1)))) _core.Db.Delete(old);
+        }
         var s = _core.Db.Create("session", new Dictionary<string, object?>
         {
-            ["this_host"] = c.Origin.HostRef == Schema.NullRef ? _core.MasterRef : c.Origin.HostRef,
+            ["this_host"] = _core.HostRefFor(c.Origin),
             ["last_active"] = now,
             ["validation_time"] = now,
             ["is_local_superuser"] = true,
             ["auth_user_name"] = c.Str(0),
             ["rbac_permissions"] = RbacPermissions.Select(p => (object?)p).ToArray(),
-            ["originator"] = c.Count >= 4 ? c.Str(3) : "",
+            ["originator"] = originator,
         }, reference: "OpaqueRef:" + Guid.NewGuid());
+        _loginOrder[s.Ref] = Interlocked.Increment(ref _logins);
         return s.Ref;
     }
 
@@ -68,6 +81,7 @@ internal sealed class SessionManager
     {
         var s = _core.Db.TryGet(sessionRef);
         if (s is not null) _core.Db.Delete(s);
+        _loginOrder.TryRemove(sessionRef, out _);
         _core.Events.Unregister(sessionRef);
     }
 

@@ -31,7 +31,7 @@ internal sealed class TaskManager
             ["created"] = DateTime.UtcNow,
             ["status"] = "pending",
             ["progress"] = 0.0,
-            ["resident_on"] = origin.HostRef == Schema.NullRef ? _core.MasterRef : origin.HostRef,
+            ["resident_on"] = _core.HostRefFor(origin),
             ["allowed_operations"] = new object?[] { "cancel", "destroy" },
             ["other_config"] = new Dictionary<string, object?> { ["session"] = session ?? "" },
         });
