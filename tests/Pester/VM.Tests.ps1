@@ -108,4 +108,34 @@ Describe 'Get-XenPoolVM' {
         $header | Should -Match '^Name\s+PowerState\s+Disks\s+Size\(GiB\)\s+VIFs\s+Uuid'
         foreach ($vm in $Listed) { $text | Should -Match ([regex]::Escape($vm.Uuid)) }
     }
+
+    It 'maps a XAPI <Code> failure to <Id> / <Category>' -ForEach @(
+        @{ Code = 'RBAC_PERMISSION_DENIED'; Params = @('VM.get_all_records', 'role lacks it'); Id = 'XenPoolPermissionDenied'; Category = 'PermissionDenied' }
+        @{ Code = 'HANDLE_INVALID'; Params = @('VM', 'OpaqueRef:gone'); Id = 'XenObjectNotFound'; Category = 'ObjectNotFound' }
+        @{ Code = 'INTERNAL_ERROR'; Params = @('boom'); Id = 'XenApiError'; Category = 'InvalidOperation' }
+    ) {
+        # The simulator fails the next VM.get_all_records with this code (fault injection, count 1).
+        $fault = @{ method = 'VM.get_all_records'; error = $Code; params = $Params; count = 1 } | ConvertTo-Json -Compress
+        Invoke-RestMethod -Method Post -Uri ([uri]::new([uri]$Sim.ControlUrl, 'sim/faults')) -Body $fault -ContentType 'application/json' | Out-Null
+        try {
+            $err = { Get-XenPoolVM -ErrorAction Stop } | Should -Throw -PassThru
+            $err.FullyQualifiedErrorId | Should -Be "$Id,$Cmd.GetXenPoolVMCommand"
+            "$($err.CategoryInfo.Category)" | Should -Be $Category
+            $err.Exception.Message | Should -Match $Code
+            $err.ErrorDetails.RecommendedAction | Should -Not -BeNullOrEmpty
+        }
+        finally { Invoke-RestMethod -Method Delete -Uri ([uri]::new([uri]$Sim.ControlUrl, 'sim/faults')) | Out-Null }
+        @(Get-XenPoolVM).Count | Should -Be $Listed.Count
+    }
+
+    It 'survives a session the pool expired: the session Connect-XenPool made logs in again' {
+        $fault = @{ method = 'VM.get_all_records'; error = 'SESSION_INVALID'; params = @($Session.OpaqueRef); count = 1 } | ConvertTo-Json -Compress
+        Invoke-RestMethod -Method Post -Uri ([uri]::new([uri]$Sim.ControlUrl, 'sim/faults')) -Body $fault -ContentType 'application/json' | Out-Null
+        try {
+            @(Get-XenPoolVM -ErrorAction Stop).Count | Should -Be $Listed.Count
+            # The fault fired (it is used up), so the call above really met an expired session.
+            @((Invoke-RestMethod -Uri ([uri]::new([uri]$Sim.ControlUrl, 'sim/faults'))).methods).Count | Should -Be 0
+        }
+        finally { Invoke-RestMethod -Method Delete -Uri ([uri]::new([uri]$Sim.ControlUrl, 'sim/faults')) | Out-Null }
+    }
 }
