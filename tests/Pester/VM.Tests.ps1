@@ -132,6 +132,7 @@ Describe 'Get-XenPoolVM' {
         $fault = @{ method = 'VM.get_all_records'; error = 'SESSION_INVALID'; params = @($Session.OpaqueRef); count = 1 } | ConvertTo-Json -Compress
         Invoke-RestMethod -Method Post -Uri ([uri]::new([uri]$Sim.ControlUrl, 'sim/faults')) -Body $fault -ContentType 'application/json' | Out-Null
         try {
+            @((Invoke-RestMethod -Uri ([uri]::new([uri]$Sim.ControlUrl, 'sim/faults'))).methods).Count | Should -Be 1
             @(Get-XenPoolVM -ErrorAction Stop).Count | Should -Be $Listed.Count
             # The fault fired (it is used up), so the call above really met an expired session.
             @((Invoke-RestMethod -Uri ([uri]::new([uri]$Sim.ControlUrl, 'sim/faults'))).methods).Count | Should -Be 0
