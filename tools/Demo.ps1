@@ -12,18 +12,18 @@ try {
 
     Write-Host '== Start-XenSimulator'
     $sim = Start-XenSimulator
-    $sim | Format-List | Out-Host
+    $sim | Format-List | Out-String -Width 160 | Out-Host
 
     Write-Host "== Connect-XenPool -Url $($sim.Url)"
     $session = Connect-XenPool -Url $sim.Url -Credential $sim.Credential -PassThru
-    $session | Format-Table | Out-Host
+    $session | Format-Table | Out-String -Width 160 | Out-Host
 
     Write-Host '== Get-XenPoolVM'
     $vms = @(Get-XenPoolVM)
-    $vms | Format-Table | Out-Host
+    $vms | Format-Table | Out-String -Width 160 | Out-Host
     if ($vms.Count -eq 0) { throw 'The simulator has no VMs to list.' }
     Write-Host "== Disks of $($vms[0].Name)"
-    $vms[0].Disks | Format-Table | Out-Host
+    $vms[0].Disks | Format-Table | Out-String -Width 160 | Out-Host
 
     Write-Host '== Disconnect-XenPool'
     Disconnect-XenPool

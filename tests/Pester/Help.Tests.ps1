@@ -3,6 +3,14 @@
 BeforeDiscovery {
     Import-Module $env:VPROTECT_MODULE_PATH -Force
     $commands = @(Get-Command -Module VProtect.PowerShell -CommandType Cmdlet | ForEach-Object { @{ Name = $_.Name } })
+    # Every documented code block that starts its own simulator is self-contained: run it as written.
+    $runnable = foreach ($page in Get-ChildItem (Join-Path $env:VPROTECT_REPO_ROOT 'docs') -Filter '*.md') {
+        $n = 0
+        foreach ($m in [regex]::Matches((Get-Content -Raw $page.FullName), '(?ms)^```powershell\r?\n(.*?)^```')) {
+            $n++
+            if ($m.Groups[1].Value -match '\$sim = Start-XenSimulator') { @{ Page = $page.Name; Block = $n; Code = $m.Groups[1].Value } }
+        }
+    }
 }
 
 BeforeAll {
@@ -62,9 +70,37 @@ Describe 'Help of <Name>' -ForEach $commands {
         }
     }
 
+    It 'lists the accepted values of enum and ValidateSet parameters' {
+        foreach ($p in $cmd.Parameters.Values | Where-Object { $_.Name -notin $Common }) {
+            $set = $p.Attributes | Where-Object { $_ -is [System.Management.Automation.ValidateSetAttribute] }
+            $values = if ($set) { @($set.ValidValues) } elseif ($p.ParameterType.IsEnum) { [Enum]::GetNames($p.ParameterType) } else { @() }
+            if ($values.Count) {
+                @((Get-Help $Name -Parameter $p.Name).parameterValueGroup.parameterValue) | Should -Be $values -Because "-$($p.Name) takes only these"
+            }
+        }
+    }
+
     It 'has at least one example with code' {
         @($help.examples.example).Count | Should -BeGreaterThan 0
         foreach ($e in $help.examples.example) { $e.code | Should -Not -BeNullOrEmpty }
+    }
+}
+
+Describe 'Documented example <Page> #<Block>' -ForEach $runnable {
+    It 'runs without errors against the simulator it starts' {
+        $ps = [powershell]::Create()
+        try {
+            [void]$ps.AddScript("Import-Module '$env:VPROTECT_MODULE_PATH'`n$Code").AddCommand('Out-String')
+            $out = $ps.Invoke()
+            @($ps.Streams.Error | ForEach-Object { "$_" }) | Should -BeNullOrEmpty
+            $ps.HadErrors | Should -BeFalse
+            "$out" | Should -Not -Match 'Exception'
+        }
+        finally {
+            $ps.Commands.Clear()
+            [void]$ps.AddScript('Stop-XenSimulator -Confirm:$false').Invoke()
+            $ps.Dispose()
+        }
     }
 }
 

@@ -13,6 +13,15 @@ Describe 'The error table' {
         @{ Name = 'a TLS failure'; Id = 'XenPoolCertificateRejected'; Category = 'SecurityError'; Make = { [System.Net.Http.HttpRequestException]::new('ssl', [System.Security.Authentication.AuthenticationException]::new('remote certificate invalid')) } }
         @{ Name = 'a timeout'; Id = 'OperationTimedOut'; Category = 'OperationTimeout'; Make = { [System.Threading.Tasks.TaskCanceledException]::new('timed out') } }
         @{ Name = 'an AggregateException of one'; Id = 'IOFailed'; Category = 'WriteError'; Make = { [System.AggregateException]::new([Exception[]]@([System.IO.IOException]::new('inner'))) } }
+        @{ Name = 'SESSION_AUTHENTICATION_FAILED'; Id = 'XenPoolAuthenticationFailed'; Category = 'AuthenticationError'; Make = { [VProtect.Core.Xapi.XapiException]::new([string[]]@('SESSION_AUTHENTICATION_FAILED'), 'session.login_with_password') } }
+        @{ Name = 'SESSION_INVALID'; Id = 'XenPoolSessionExpired'; Category = 'AuthenticationError'; Make = { [VProtect.Core.Xapi.XapiException]::new([string[]]@('SESSION_INVALID', 'OpaqueRef:x'), 'VM.get_all_records') } }
+        @{ Name = 'RBAC_PERMISSION_DENIED'; Id = 'XenPoolPermissionDenied'; Category = 'PermissionDenied'; Make = { [VProtect.Core.Xapi.XapiException]::new([string[]]@('RBAC_PERMISSION_DENIED', 'vm.destroy', 'no'), $null) } }
+        @{ Name = 'UUID_INVALID'; Id = 'XenObjectNotFound'; Category = 'ObjectNotFound'; Make = { [VProtect.Core.Xapi.XapiException]::new([string[]]@('UUID_INVALID', 'VM', 'x'), $null) } }
+        @{ Name = 'VM_BAD_POWER_STATE'; Id = 'XenObjectInWrongState'; Category = 'InvalidOperation'; Make = { [VProtect.Core.Xapi.XapiException]::new([string[]]@('VM_BAD_POWER_STATE', 'OpaqueRef:v', 'halted', 'running'), $null) } }
+        @{ Name = 'LICENCE_RESTRICTION'; Id = 'XenFeatureUnavailable'; Category = 'ResourceUnavailable'; Make = { [VProtect.Core.Xapi.XapiException]::new([string[]]@('LICENCE_RESTRICTION', 'CBT'), $null) } }
+        @{ Name = 'an unknown XAPI code'; Id = 'XenApiError'; Category = 'InvalidOperation'; Make = { [VProtect.Core.Xapi.XapiException]::new([string[]]@('SOMETHING_NEW', 'p'), $null) } }
+        @{ Name = 'HTTP 401 from the pool'; Id = 'XenPoolAuthenticationFailed'; Category = 'AuthenticationError'; Make = { [VProtect.Core.Xapi.XapiConnectionException]::new('401', [uri]'http://127.0.0.1/', $null, 401) } }
+        @{ Name = 'a refused connection'; Id = 'XenPoolConnectionFailed'; Category = 'ConnectionError'; Make = { [VProtect.Core.Xapi.XapiConnectionException]::new('refused', [uri]'http://127.0.0.1/', [System.Net.Sockets.SocketException]::new(111), $null) } }
         @{ Name = 'anything else'; Id = 'UnexpectedError'; Category = 'NotSpecified'; Make = { [System.InvalidCastException]::new('?') } }
     ) {
         $target = [pscustomobject]@{ Name = 'vm1' }
@@ -42,7 +51,7 @@ Describe 'The pipeline sink' {
         $type = [VProtect.PowerShell.Infrastructure.PipelineSink]
         $ctor = $type.GetConstructors([System.Reflection.BindingFlags]'NonPublic,Instance')[0]
         $script:Flags = [System.Reflection.BindingFlags]'NonPublic,Instance'
-        function New-Sink([scriptblock] $Clock) { $ctor.Invoke(@([Func[datetime]]$Clock)) }
+        function New-Sink([scriptblock] $Clock) { $ctor.Invoke(@([System.Threading.CancellationToken]::None, [Func[datetime]]$Clock)) }
         function Get-Queued($Sink) {
             [void]$Sink.GetType().GetMethod('Complete', $Flags).Invoke($Sink, @())
             @($Sink.GetType().GetMethod('Drain', $Flags).Invoke($Sink, @())).Count
@@ -96,5 +105,17 @@ Describe 'The pipeline sink' {
         [void]$sink.GetType().GetMethod('Complete', $Flags).Invoke($sink, @())
         { $sink.WriteObject(2); $sink.WriteWarning('late') } | Should -Not -Throw
         @($sink.GetType().GetMethod('Drain', $Flags).Invoke($sink, @())).Count | Should -Be 1
+    }
+
+    It 'is bounded: when the pipeline falls behind, a stopped cmdlet releases the producer with a cancellation' {
+        $cts = [System.Threading.CancellationTokenSource]::new()
+        $sink = $ctor.Invoke(@($cts.Token, [Func[datetime]] { [datetime]::UtcNow }))
+        $capacity = [VProtect.PowerShell.Infrastructure.PipelineSink].GetField('Capacity', [System.Reflection.BindingFlags]'NonPublic,Static').GetValue($null)
+        for ($i = 0; $i -lt $capacity; $i++) { $sink.WriteObject($i) }
+        $cts.Cancel()
+        $err = { $sink.WriteObject('one too many') } | Should -Throw -PassThru
+        $err.Exception.InnerException | Should -BeOfType ([System.OperationCanceledException])
+        [void]$sink.GetType().GetMethod('Complete', $Flags).Invoke($sink, @())
+        @($sink.GetType().GetMethod('Drain', $Flags).Invoke($sink, @())).Count | Should -Be $capacity
     }
 }

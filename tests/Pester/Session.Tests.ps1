@@ -32,6 +32,14 @@ Describe 'Connect-XenPool' {
         $global:VProtectXenPoolSession | Should -Be $s
     }
 
+    It 'shows the session in a table with pool, master, API version, user and protocol' {
+        $s = Connect-XenPool -Url $Sim.Url -Credential $Cred -PassThru
+        $lines = @(($s | Format-Table | Out-String -Width 250) -split "`n" | Where-Object { $_ -match '\S' })
+        $lines[0] | Should -Match '^PoolName\s+Master\s+ApiVersion\s+UserName\s+Protocol\s+Url'
+        $lines[2] | Should -Match ([regex]::Escape($s.PoolName))
+        $lines[2] | Should -Match ([regex]::Escape($s.Url))
+    }
+
     It 'writes nothing without -PassThru' {
         $out = Connect-XenPool -Url $Sim.Url -Credential $Cred
         $out | Should -BeNullOrEmpty
@@ -146,5 +154,44 @@ Describe 'A XenServerPSModule-shaped session' {
     It 'is rejected with InvalidXenPoolSession when opaque_ref is missing' {
         $foreign = [pscustomobject]@{ Url = $Sim.Url }
         { Get-XenPoolVM -Session $foreign -ErrorAction Stop } | Should -Throw -ErrorId "InvalidXenPoolSession,$Cmd.GetXenPoolVMCommand"
+    }
+}
+
+Describe 'Stopping a cmdlet (Ctrl+C)' {
+    It 'cancels the engine call: the pending request is dropped and the pipeline ends Stopped' {
+        # A "pool" that accepts the connection and never answers.
+        $listener = [System.Net.Sockets.TcpListener]::new([System.Net.IPAddress]::Loopback, 0)
+        $listener.Start()
+        $ps = [powershell]::Create()
+        try {
+            $url = "http://127.0.0.1:$($listener.LocalEndpoint.Port)/"
+            [void]$ps.AddScript("Import-Module '$env:VPROTECT_MODULE_PATH'; Connect-XenPool -Url '$url' -Credential `$args[0]").AddArgument($Cred)
+            $async = $ps.BeginInvoke()
+            $accept = $listener.AcceptTcpClientAsync()
+            $accept.Wait([TimeSpan]::FromSeconds(60)) | Should -BeTrue -Because 'Connect-XenPool should have connected'
+            $client = $accept.Result
+            # Read the request so the client is waiting for the answer, then press "Ctrl+C".
+            $stream = $client.GetStream(); $buffer = [byte[]]::new(65536)
+            $stream.ReadAsync($buffer, 0, $buffer.Length).Wait([TimeSpan]::FromSeconds(30)) | Should -BeTrue
+            # Stop without waiting for the stop: the cancelled request must close its connection long before the
+            # 60 s XAPI timeout would (without cancellation this read only ends at that timeout).
+            $stopping = $ps.BeginStop($null, $null)
+            $read = $stream.ReadAsync($buffer, 0, $buffer.Length)
+            $ended = try { $read.Wait([TimeSpan]::FromSeconds(30)) } catch { $true }
+            $ended | Should -BeTrue -Because 'Ctrl+C should cancel the pending XAPI request'
+            if ($read.IsCompletedSuccessfully) { $read.Result | Should -Be 0 }
+            $ps.EndStop($stopping)
+            $ps.InvocationStateInfo.State | Should -Be 'Stopped'
+            $ps.Streams.Error | Where-Object { $_.FullyQualifiedErrorId -like 'OperationTimedOut*' } | Should -BeNullOrEmpty
+        }
+        finally {
+            $ps.Dispose()
+            $listener.Stop()
+        }
+    }
+
+    It 'a downstream Select-Object -First stops Get-XenPoolVM cleanly' {
+        Connect-XenPool -Url $Sim.Url -Credential $Cred
+        @(Get-XenPoolVM | Select-Object -First 1).Count | Should -Be 1
     }
 }

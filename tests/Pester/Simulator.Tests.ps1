@@ -30,6 +30,11 @@ Describe 'Start-XenSimulator' {
             $sim.IsRunning | Should -BeTrue
             Test-Listening $sim.Url | Should -BeTrue
             Test-Listening $sim.HttpsUrl | Should -BeTrue
+            # The list view shows the user name, never the password.
+            $text = $sim | Format-List | Out-String -Width 250
+            $text | Should -Match "UserName\s+: $([regex]::Escape($sim.Credential.UserName))"
+            $text | Should -Match ([regex]::Escape($sim.CertificateThumbprint))
+            $text | Should -Not -Match ([regex]::Escape($sim.Credential.GetNetworkCredential().Password))
         }
         finally { $sim | Stop-XenSimulator }
     }
@@ -113,6 +118,34 @@ Describe 'Stop-XenSimulator' {
             Test-Listening $sim.Url | Should -BeFalse
         }
         finally { $ps.Dispose() }
+    }
+}
+
+Describe 'Start-XenSimulator -StateDirectory' {
+    It 'keeps the pool across simulators: a second start sees the same VMs' {
+        $dir = Join-Path $TestDrive 'state'
+        $first = Start-XenSimulator -StateDirectory $dir
+        $s = Connect-XenPool -Url $first.Url -Credential $first.Credential -PassThru
+        $before = @(Get-XenPoolVM -Session $s | Sort-Object Uuid).Uuid
+        @(Get-ChildItem $dir -Recurse -Filter 'db.json').Count | Should -Be 0 -Because 'state is written when the simulator stops'
+        $first | Stop-XenSimulator
+        @(Get-ChildItem $dir -Recurse -Filter 'db.json').Count | Should -Be 1
+        $second = Start-XenSimulator -StateDirectory $dir
+        try {
+            $s2 = Connect-XenPool -Url $second.Url -Credential $second.Credential -PassThru
+            @(Get-XenPoolVM -Session $s2 | Sort-Object Uuid).Uuid | Should -Be $before
+        }
+        finally { $second | Stop-XenSimulator }
+    }
+
+    It 'is saved when the PowerShell process exits without Stop-XenSimulator' {
+        $dir = Join-Path $TestDrive 'exit-state'
+        $exe = [Environment]::ProcessPath
+        $prefix = @(if ([IO.Path]::GetFileNameWithoutExtension($exe) -eq 'dotnet') { [Reflection.Assembly]::GetEntryAssembly().Location })
+        $script = "Import-Module '$env:VPROTECT_MODULE_PATH'; `$null = Start-XenSimulator -StateDirectory '$dir'; exit 0"
+        & $exe @prefix -NoProfile -NonInteractive -Command $script
+        $LASTEXITCODE | Should -Be 0
+        @(Get-ChildItem $dir -Recurse -Filter 'db.json').Count | Should -Be 1
     }
 }
 

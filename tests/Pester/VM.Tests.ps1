@@ -96,11 +96,47 @@ Describe 'Get-XenPoolVM' {
         @(Get-XenPoolVM -IncludeSnapshots).Count | Should -Be ($Listed.Count + $snapshots.Count)
     }
 
+    It 'writes the engine''s verbose messages (from its worker task) on the pipeline' {
+        $verbose = @(Get-XenPoolVM -Verbose 4>&1 | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] })
+        @($verbose | Where-Object Message -Match '^Read \d+ VM, \d+ VBD, \d+ VDI and \d+ VIF records').Count | Should -Be 1
+    }
+
     It 'has a table view with name, power state, disks and size' {
         (Get-FormatData -TypeName VProtect.PowerShell.XenPoolVM) | Should -Not -BeNullOrEmpty
         $text = $Listed | Format-Table | Out-String -Width 250
         $header = ($text -split "`n" | Where-Object { $_ -match '\S' })[0]
         $header | Should -Match '^Name\s+PowerState\s+Disks\s+Size\(GiB\)\s+VIFs\s+Uuid'
         foreach ($vm in $Listed) { $text | Should -Match ([regex]::Escape($vm.Uuid)) }
+    }
+
+    It 'maps a XAPI <Code> failure to <Id> / <Category>' -ForEach @(
+        @{ Code = 'RBAC_PERMISSION_DENIED'; Params = @('VM.get_all_records', 'role lacks it'); Id = 'XenPoolPermissionDenied'; Category = 'PermissionDenied' }
+        @{ Code = 'HANDLE_INVALID'; Params = @('VM', 'OpaqueRef:gone'); Id = 'XenObjectNotFound'; Category = 'ObjectNotFound' }
+        @{ Code = 'INTERNAL_ERROR'; Params = @('boom'); Id = 'XenApiError'; Category = 'InvalidOperation' }
+    ) {
+        # The simulator fails the next VM.get_all_records with this code (fault injection, count 1).
+        $fault = @{ method = 'VM.get_all_records'; error = $Code; params = $Params; count = 1 } | ConvertTo-Json -Compress
+        Invoke-RestMethod -Method Post -Uri ([uri]::new([uri]$Sim.ControlUrl, 'sim/faults')) -Body $fault -ContentType 'application/json' | Out-Null
+        try {
+            $err = { Get-XenPoolVM -ErrorAction Stop } | Should -Throw -PassThru
+            $err.FullyQualifiedErrorId | Should -Be "$Id,$Cmd.GetXenPoolVMCommand"
+            "$($err.CategoryInfo.Category)" | Should -Be $Category
+            $err.Exception.Message | Should -Match $Code
+            $err.ErrorDetails.RecommendedAction | Should -Not -BeNullOrEmpty
+        }
+        finally { Invoke-RestMethod -Method Delete -Uri ([uri]::new([uri]$Sim.ControlUrl, 'sim/faults')) | Out-Null }
+        @(Get-XenPoolVM).Count | Should -Be $Listed.Count
+    }
+
+    It 'survives a session the pool expired: the session Connect-XenPool made logs in again' {
+        $fault = @{ method = 'VM.get_all_records'; error = 'SESSION_INVALID'; params = @($Session.OpaqueRef); count = 1 } | ConvertTo-Json -Compress
+        Invoke-RestMethod -Method Post -Uri ([uri]::new([uri]$Sim.ControlUrl, 'sim/faults')) -Body $fault -ContentType 'application/json' | Out-Null
+        try {
+            @((Invoke-RestMethod -Uri ([uri]::new([uri]$Sim.ControlUrl, 'sim/faults'))).methods).Count | Should -Be 1
+            @(Get-XenPoolVM -ErrorAction Stop).Count | Should -Be $Listed.Count
+            # The fault fired (it is used up), so the call above really met an expired session.
+            @((Invoke-RestMethod -Uri ([uri]::new([uri]$Sim.ControlUrl, 'sim/faults'))).methods).Count | Should -Be 0
+        }
+        finally { Invoke-RestMethod -Method Delete -Uri ([uri]::new([uri]$Sim.ControlUrl, 'sim/faults')) | Out-Null }
     }
 }

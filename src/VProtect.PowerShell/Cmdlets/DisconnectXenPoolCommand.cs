@@ -5,7 +5,6 @@ namespace VProtect.PowerShell.Cmdlets;
 
 /// <summary>Disconnect-XenPool: logs a session out and forgets it when it was the current one.</summary>
 [Cmdlet(VerbsCommunications.Disconnect, "XenPool", SupportsShouldProcess = true)]
-[OutputType(typeof(void))]
 public sealed class DisconnectXenPoolCommand : VProtectCmdlet
 {
     [Parameter(Position = 0, ValueFromPipeline = true)]

@@ -42,7 +42,7 @@ public sealed class GetXenPoolVMCommand : VProtectCmdlet
     protected override void ProcessRecord()
     {
         var session = _session!;
-        _vms ??= RunEngine((_, ct) => PoolInventory.ReadVmsAsync(session, ct), session);
+        _vms ??= RunEngine((sink, ct) => PoolInventory.ReadVmsAsync(session, sink, ct), session);
         var visible = _vms.Where(IsWanted).ToList();
         if (ParameterSetName == ByUuidSet)
         {

@@ -5,7 +5,6 @@ namespace VProtect.PowerShell.Cmdlets;
 
 /// <summary>Stop-XenSimulator: stops the given simulators, or every simulator this runspace started.</summary>
 [Cmdlet(VerbsLifecycle.Stop, "XenSimulator", SupportsShouldProcess = true)]
-[OutputType(typeof(void))]
 public sealed class StopXenSimulatorCommand : VProtectCmdlet
 {
     [Parameter(Position = 0, ValueFromPipeline = true)]

@@ -13,11 +13,20 @@ public sealed class PipelineSink
     /// <summary>Processing records of one activity closer together than this are dropped (the host redraws ~200 ms).</summary>
     internal static readonly TimeSpan ProgressInterval = TimeSpan.FromMilliseconds(250);
 
-    private readonly BlockingCollection<Action<Cmdlet>> _queue = new();
+    /// <summary>Writes waiting for the pipeline thread; a producer faster than the pipeline blocks (bounded memory).</summary>
+    internal const int Capacity = 1024;
+
+    private readonly BlockingCollection<Action<Cmdlet>> _queue = new(Capacity);
     private readonly Dictionary<int, ProgressState> _activities = new();
     private readonly Func<DateTime> _clock;
+    private readonly CancellationToken _cancellation;
 
-    internal PipelineSink(Func<DateTime>? clock = null) => _clock = clock ?? (() => DateTime.UtcNow);
+    /// <param name="cancellation">Releases a producer blocked on a full queue when the cmdlet is stopped.</param>
+    internal PipelineSink(CancellationToken cancellation, Func<DateTime>? clock = null)
+    {
+        _cancellation = cancellation;
+        _clock = clock ?? (() => DateTime.UtcNow);
+    }
 
     public void WriteObject(object? value) => Enqueue(c => c.WriteObject(value));
     public void WriteVerbose(string message) => Enqueue(c => c.WriteVerbose(message));
@@ -74,7 +83,7 @@ public sealed class PipelineSink
     private void Enqueue(Action<Cmdlet> write)
     {
         // After the work has ended nothing is pumped any more; a late write from a stray callback is dropped.
-        try { _queue.Add(write); }
+        try { _queue.Add(write, _cancellation); }
         catch (InvalidOperationException) when (_queue.IsAddingCompleted) { }
     }
 

@@ -6,7 +6,7 @@ namespace VProtect.PowerShell.Infrastructure;
 /// <summary>Reads the pool's VMs with their disks and VIFs in a handful of get_all_records calls.</summary>
 internal static class PoolInventory
 {
-    public static async Task<IReadOnlyList<XenPoolVM>> ReadVmsAsync(XenPoolSession session, CancellationToken ct)
+    public static async Task<IReadOnlyList<XenPoolVM>> ReadVmsAsync(XenPoolSession session, PipelineSink sink, CancellationToken ct)
     {
         var client = session.Client;
         var vmsTask = client.GetAllRecordsAsync<VmRecord>(ct);
@@ -16,6 +16,7 @@ internal static class PoolInventory
         var networksTask = client.GetAllRecordsAsync<NetworkRecord>(ct);
         var srsTask = client.GetAllRecordsAsync<SrRecord>(ct);
         await Task.WhenAll(vmsTask, vbdsTask, vdisTask, vifsTask, networksTask, srsTask).ConfigureAwait(false);
+        sink.WriteVerbose($"Read {vmsTask.Result.Count} VM, {vbdsTask.Result.Count} VBD, {vdisTask.Result.Count} VDI and {vifsTask.Result.Count} VIF records from pool '{session.PoolName}'.");
 
         var vdis = vdisTask.Result.ToDictionary(v => v.OpaqueRef);
         var networks = networksTask.Result.ToDictionary(n => n.OpaqueRef);

@@ -60,8 +60,8 @@ public abstract class VProtectCmdlet : PSCmdlet
 
     private (T? Value, Exception? Error) RunEngineCore<T>(Func<PipelineSink, CancellationToken, Task<T>> work)
     {
-        var sink = new PipelineSink();
         var token = _stop.Token;
+        var sink = new PipelineSink(token);
         var task = Task.Run(() => work(sink, token), token);
         // Ends the pump whatever happens to the task: success, fault or cancellation.
         task.ContinueWith(_ => sink.Complete(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
