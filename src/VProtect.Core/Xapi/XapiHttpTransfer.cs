@@ -169,9 +169,13 @@ public sealed class XapiHttpTransfer
                 if (head.StatusCode != 200)
                     throw await FailureAsync("PUT", url, head, connection, taskRef, ct).ConfigureAwait(false);
                 if (sendError is not null || source.Sent != contentLength)
+                {
+                    // The host hung up mid-upload; its task usually says why (e.g. VDI_IO_ERROR, SR_FULL).
+                    if (taskRef is not null && await TaskErrorAsync(taskRef, ct).ConfigureAwait(false) is { } taskError) throw taskError;
                     throw new XapiConnectionException(
                         $"The host answered 200 but the upload stopped after {source.Sent} of {contentLength} bytes{(sendError is null ? "" : ": " + sendError.Message)}.",
                         HttpConnection.Redact(url), sendError);
+                }
 
                 await DrainAsync(connection, head, _session.Options.Timeout, ct).ConfigureAwait(false);
                 if (taskRef is null) return null;
@@ -270,23 +274,8 @@ public sealed class XapiHttpTransfer
     private async Task<Exception> FailureAsync(string method, Uri url, HttpResponseHead head, HttpConnection connection, string? taskRef, CancellationToken ct)
     {
         var body = await ReadSmallBodyAsync(connection, head, ct).ConfigureAwait(false);
-        if (taskRef is not null)
-        {
-            try
-            {
-                using var bounded = CancellationTokenSource.CreateLinkedTokenSource(ct);
-                bounded.CancelAfter(_session.Options.Timeout);
-                await _session.WaitForTaskAsync(taskRef, null, destroyTask: false, $"HTTP {method} {url.AbsolutePath}", bounded.Token).ConfigureAwait(false);
-            }
-            catch (XapiException ex)
-            {
-                return ex; // e.g. VM_BAD_POWER_STATE, IMPORT_ERROR_CANNOT_HANDLE_CHUNKED, SESSION_AUTHENTICATION_FAILED
-            }
-            catch (OperationCanceledException) when (!ct.IsCancellationRequested)
-            {
-                // The host did not settle the task; report the HTTP status instead.
-            }
-        }
+        // e.g. VM_BAD_POWER_STATE, IMPORT_ERROR_CANNOT_HANDLE_CHUNKED, SESSION_AUTHENTICATION_FAILED
+        if (taskRef is not null && await TaskErrorAsync(taskRef, ct).ConfigureAwait(false) is { } taskError) return taskError;
         var hint = head.StatusCode switch
         {
             401 => " The session was refused; connect again.",
@@ -297,6 +286,33 @@ public sealed class XapiHttpTransfer
         return new XapiConnectionException(
             $"HTTP {method} {HttpConnection.Redact(url).GetLeftPart(UriPartial.Path)} answered {head.StatusCode} {head.Reason}{(body.Length > 0 ? ": " + body : "")}.{hint}",
             HttpConnection.Redact(url), null, head.StatusCode);
+    }
+
+    /// <summary>
+    /// After a failed transfer: the task's error once the host settles it, or null if it does not within the timeout
+    /// (or succeeded, or cannot be read). Polls without cancelling the task; the caller abandons it afterwards.
+    /// </summary>
+    private async Task<XapiException?> TaskErrorAsync(string taskRef, CancellationToken ct)
+    {
+        var deadline = DateTime.UtcNow + _session.Options.Timeout;
+        var delay = TimeSpan.FromMilliseconds(20);
+        while (true)
+        {
+            Records.TaskRecord record;
+            try
+            {
+                record = await _session.GetRecordAsync<Records.TaskRecord>(taskRef, ct).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is XapiException or XapiConnectionException)
+            {
+                return null;
+            }
+            if (record.Status is "failure" or "cancelled")
+                return new XapiException(record.ErrorInfo.Count > 0 ? record.ErrorInfo : new[] { "TASK_CANCELLED", taskRef }, record.NameLabel);
+            if (record.IsFinished || DateTime.UtcNow >= deadline) return null;
+            await Task.Delay(delay, ct).ConfigureAwait(false);
+            delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, _session.Options.TaskPollInterval.Ticks));
+        }
     }
 
     private static async Task<string> ReadSmallBodyAsync(HttpConnection connection, HttpResponseHead head, CancellationToken ct)

@@ -112,6 +112,17 @@ public sealed partial class XapiSession : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Same as the string overload, for a credential unwrapped at the boundary (e.g. <c>PSCredential.GetNetworkCredential()</c>).
+    /// A domain, when set, is sent as <c>DOMAIN\user</c> (how AD users log in to XAPI).
+    /// </summary>
+    public static Task<XapiSession> LoginAsync(Uri url, System.Net.NetworkCredential credential, XapiConnectionOptions? options = null, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(credential);
+        var user = string.IsNullOrEmpty(credential.Domain) ? credential.UserName : credential.Domain + "\\" + credential.UserName;
+        return LoginAsync(url, user, credential.Password, options, ct);
+    }
+
     /// <summary>Wraps a session ref obtained elsewhere (e.g. XenServerPSModule). It is not logged out on dispose and cannot re-login.</summary>
     public static XapiSession FromExisting(Uri url, string opaqueRef, XapiConnectionOptions? options = null)
     {

@@ -101,6 +101,28 @@ public class XapiHttpTransferTests
     }
 
     [Fact]
+    public async Task Transfers_reach_a_host_given_by_name()
+    {
+        var fake = new FakeXapi().WithStandardPool().WithTasks();
+        await using var _ = fake;
+        var byName = new UriBuilder(fake.Url) { Host = "localhost" }.Uri;
+        await using var session = await XapiSession.LoginAsync(byName, "root", "secret",
+            new XapiConnectionOptions { TaskPollInterval = TimeSpan.FromMilliseconds(20) }, Bounded());
+        fake.HttpHandler = async (req, ct) =>
+        {
+            await FakeHttpServer.WriteResponseAsync(req.Connection, 200, "OK", XapiStreamHeaders(req.Query["task_id"]), null, ct);
+            await req.Connection.WriteAsync("by-name"u8.ToArray(), ct);
+            fake.CompleteTask(req.Query["task_id"], "<value></value>");
+            return false;
+        };
+        await using var download = await session.Http.ExportVmAsync("OpaqueRef:vm-1", ct: Bounded());
+        using var copy = new MemoryStream();
+        await download.Content.CopyToAsync(copy, Bounded());
+        Assert.Equal("by-name"u8.ToArray(), copy.ToArray());
+        await download.CompleteAsync(Bounded());
+    }
+
+    [Fact]
     public async Task Chunked_response_bodies_are_decoded()
     {
         var (fake, session) = await StartAsync();
@@ -407,6 +429,26 @@ public class XapiHttpTransferTests
         release.SetResult();
         Assert.True(Interlocked.Read(ref received) < announced);
         Assert.Single(fake.Calls, c => c.Method == "task.cancel");
+        Assert.Empty(fake.Tasks);
+    }
+
+    [Fact]
+    public async Task Host_hanging_up_mid_upload_reports_the_task_error()
+    {
+        var (fake, session) = await StartAsync();
+        await using var _ = fake;
+        await using var __ = session;
+        fake.HttpHandler = async (req, ct) =>
+        {
+            await FakeHttpServer.WriteResponseAsync(req.Connection, 200, "OK", XapiStreamHeaders(req.Query["task_id"]), null, ct);
+            var first = new byte[1 << 20];
+            await req.Connection.ReadExactlyAsync(first, ct);
+            fake.FailTask(req.Query["task_id"], "VDI_IO_ERROR", "Device I/O errors");
+            return false; // closes with the rest of the upload unread
+        };
+        var ex = await Assert.ThrowsAsync<XapiException>(() =>
+            new XapiHttpTransfer(session).ImportRawVdiAsync("OpaqueRef:vdi-1", new ZeroStream(), 256L << 20, ct: Bounded()));
+        Assert.Equal("VDI_IO_ERROR", ex.ErrorCode);
         Assert.Empty(fake.Tasks);
     }
 

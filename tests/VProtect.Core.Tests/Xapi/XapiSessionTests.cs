@@ -50,6 +50,15 @@ public class XapiSessionTests
     }
 
     [Fact]
+    public async Task Network_credential_login_sends_domain_user()
+    {
+        await using var fake = new FakeXapi().WithStandardPool(user: "CORP\\backup", password: "pw");
+        await using var session = await XapiSession.LoginAsync(fake.Url, new System.Net.NetworkCredential("backup", "pw", "CORP"), Options(XapiProtocol.XmlRpc), Bounded());
+        Assert.Equal("CORP\\backup", session.UserName);
+        Assert.Equal("CORP\\backup", fake.Calls.First().Args[0]);
+    }
+
+    [Fact]
     public async Task Old_api_stays_on_json_v1()
     {
         await using var fake = new FakeXapi { ApiMajor = 2, ApiMinor = 7 }.WithStandardPool();

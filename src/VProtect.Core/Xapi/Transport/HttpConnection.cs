@@ -37,7 +37,14 @@ internal sealed class HttpConnection : IAsyncDisposable
 
     public static async Task<HttpConnection> OpenAsync(Uri url, CertificatePolicy certificates, TimeSpan timeout, CancellationToken ct)
     {
-        var tcp = new TcpClient(url.HostNameType == UriHostNameType.IPv6 ? AddressFamily.InterNetworkV6 : AddressFamily.InterNetwork) { NoDelay = true };
+        // A name may resolve to IPv4 and/or IPv6: let TcpClient pick the family per resolved address.
+        var tcp = url.HostNameType switch
+        {
+            UriHostNameType.IPv6 => new TcpClient(AddressFamily.InterNetworkV6),
+            UriHostNameType.IPv4 => new TcpClient(AddressFamily.InterNetwork),
+            _ => new TcpClient(),
+        };
+        tcp.NoDelay = true;
         using var connectTimeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
         connectTimeout.CancelAfter(timeout);
         try

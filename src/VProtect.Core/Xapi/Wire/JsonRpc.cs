@@ -181,6 +181,11 @@ public static class JsonRpc
     public static JsonRpcRequest DecodeRequest(string json)
     {
         ArgumentNullException.ThrowIfNull(json);
+        return Guard(() => DecodeRequestCore(json));
+    }
+
+    private static JsonRpcRequest DecodeRequestCore(string json)
+    {
         using var doc = ParseDocument(json);
         var root = doc.RootElement;
         if (root.ValueKind != JsonValueKind.Object) throw Malformed("the request is not a JSON object");
@@ -227,22 +232,43 @@ public static class JsonRpc
     public static XapiResult DecodeResponse(string json)
     {
         ArgumentNullException.ThrowIfNull(json);
-        using var doc = ParseDocument(json);
-        return ToResult(doc.RootElement);
+        return Guard(() =>
+        {
+            using var doc = ParseDocument(json);
+            return ToResult(doc.RootElement);
+        });
     }
 
     /// <summary>Decodes a response straight from UTF-8 bytes in a stream.</summary>
     public static XapiResult DecodeResponse(Stream utf8Json)
     {
         ArgumentNullException.ThrowIfNull(utf8Json);
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(utf8Json, DocumentOptions); }
-        catch (JsonException ex) { throw new XapiWireException($"Malformed JSON-RPC: {ex.Message}", ex); }
-        using (doc) return ToResult(doc.RootElement);
+        return Guard(() =>
+        {
+            using var doc = JsonDocument.Parse(utf8Json, DocumentOptions);
+            return ToResult(doc.RootElement);
+        });
     }
 
     /// <summary>Converts a JSON value to the plain .NET model (used by callers that hold a <see cref="JsonElement"/>).</summary>
-    public static object? ToValue(JsonElement element) => ToValue(element, 0);
+    public static object? ToValue(JsonElement element) => Guard(() => ToValue(element, 0));
+
+    /// <summary>Every way System.Text.Json can reject bytes (bad syntax, depth, invalid UTF-8 inside strings) becomes one exception type.</summary>
+    private static T Guard<T>(Func<T> decode)
+    {
+        try
+        {
+            return decode();
+        }
+        catch (JsonException ex)
+        {
+            throw new XapiWireException($"Malformed JSON-RPC: {ex.Message}", ex);
+        }
+        catch (InvalidOperationException ex)
+        {
+            throw new XapiWireException($"Malformed JSON-RPC: {ex.Message}", ex);
+        }
+    }
 
     private static JsonDocument ParseDocument(string json)
     {
