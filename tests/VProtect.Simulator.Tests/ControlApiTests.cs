@@ -121,12 +121,15 @@ public sealed class ControlApiTests
         var vm = await c.RefByNameAsync("VM", "db-01");
         await c.CallAsync("VM.snapshot", vm, "extra");
         int before = V.Arr(await c.CallAsync("VM.get_all")).Length;
+        var oldToken = V.Str(V.Map(await c.CallAsync("event.from", new object?[] { "vm" }, "", 0.0))["token"]);
         using (var r = await Http.PostAsync(new Uri(h.Sim.ControlUrl, "sim/reset"), null)) Assert.Equal(HttpStatusCode.OK, r.StatusCode);
         // Sessions are gone with the old state.
         Assert.Equal("SESSION_INVALID", (await c.FailsAsync("VM.get_all")).Code);
         using var c2 = await h.LoginAsync();
         Assert.Equal(before - 1, V.Arr(await c2.CallAsync("VM.get_all")).Length);
         Assert.Empty(V.Arr(await c2.CallAsync("VM.get_by_name_label", "extra")));
+        // Event history went with the old state: an old token is EVENTS_LOST, so clients refetch everything.
+        Assert.Equal(["EVENTS_LOST"], (await c2.FailsAsync("event.from", new object?[] { "vm" }, oldToken, 0.0)).Description);
         // New sessions and tasks point at the rebuilt hosts, not the ones from before the reset.
         Assert.Equal(Scenario.DefaultScenario.MasterName, V.Str(await c2.CallAsync("host.get_name_label", V.Str(await c2.CallAsync("session.get_this_host", c2.Session)))));
         var task = V.Str(await c2.CallAsync("task.create", "t", ""));
