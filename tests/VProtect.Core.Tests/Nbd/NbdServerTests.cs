@@ -231,3 +231,38 @@ public class NbdServerTests
         Assert.Equal((22u, 3ul), await w.ReadSimpleReplyAsync());
     }
 }
+
+public class NbdServerResilienceTests
+{
+    [Fact]
+    public async Task A_throwing_resolver_closes_only_that_connection_and_is_reported()
+    {
+        var disk = await RandomSparseDiskAsync(1 << 20);
+        var errors = new List<Exception>();
+        int calls = 0;
+        await using var server = StartServer(disk, configure: o => o with
+        {
+            ResolveExport = (r, _) => Interlocked.Increment(ref calls) == 1 ? throw new InvalidOperationException("boom") : ValueTask.FromResult<NbdExport?>(new NbdExport(disk)),
+            OnConnectionError = (_, ex) => { lock (errors) errors.Add(ex); },
+        });
+        await Assert.ThrowsAsync<NbdNegotiationException>(() => NbdClient.ConnectAsync(ClientOptions(server) with { Connections = 1 }, Timeout()));
+        await using var client = await NbdClient.ConnectAsync(ClientOptions(server) with { Connections = 1 }, Timeout());
+        var back = new byte[4096];
+        await client.ReadAsync(0, back, Timeout());
+        Assert.Equal((await ReadAllAsync(disk)).AsSpan(0, 4096).ToArray(), back);
+        lock (errors) Assert.Contains(errors, e => e.Message == "boom");
+    }
+
+    [Fact]
+    public async Task On_closed_runs_when_a_connection_ends()
+    {
+        var closed = new TaskCompletionSource();
+        var disk = new SparseMemoryDisk(1 << 20);
+        await using var server = StartServer(disk, configure: o => o with
+        {
+            ResolveExport = (_, _) => ValueTask.FromResult<NbdExport?>(new NbdExport(disk) { OnClosed = () => { closed.TrySetResult(); return ValueTask.CompletedTask; } }),
+        });
+        await using (var client = await NbdClient.ConnectAsync(ClientOptions(server) with { Connections = 1 }, Timeout())) { }
+        await closed.Task.WaitAsync(TestTimeout);
+    }
+}
