@@ -266,3 +266,32 @@ public class NbdServerResilienceTests
         await closed.Task.WaitAsync(TestTimeout);
     }
 }
+
+public class NbdXapiClientTests
+{
+    [Fact]
+    public async Task Options_from_get_nbd_info_read_a_forced_tls_xapi_server()
+    {
+        using var cert = SelfSignedCertificate("host1.pool.test");
+        var disk = await RandomSparseDiskAsync(2 << 20);
+        const string name = "/3f0e2c7d-9a11-4b1f-9a51-0b6c8a547d5e?session_id=OpaqueRef:s";
+        await using var server = StartServer(disk, configure: o => o with { XapiNbdMode = true, TlsMode = _ => NbdTlsMode.Required, Certificate = cert }, name: name);
+        var options = NbdClientOptions.FromXapiNbdInfo("127.0.0.1", server.Port, name, Pem(cert), "host1.pool.test");
+        await using var client = await NbdClient.ConnectAsync(options, Timeout());
+        Assert.True(client.Export.Tls);
+        Assert.False(client.Export.NegotiatedWithGo);
+        var copy = new byte[disk.Length];
+        await client.ReadAsync(0, copy, Timeout());
+        Assert.Equal(await ReadAllAsync(disk), copy);
+    }
+
+    [Fact]
+    public void Options_from_get_nbd_info_without_cert_are_insecure_and_reject_bad_ports()
+    {
+        var o = NbdClientOptions.FromXapiNbdInfo("::1", 10809, "/x?session_id=y", "", null);
+        Assert.False(o.Tls.Enabled);
+        Assert.Equal(new System.Net.IPEndPoint(System.Net.IPAddress.IPv6Loopback, 10809), o.EndPoint);
+        Assert.IsType<System.Net.DnsEndPoint>(NbdClientOptions.FromXapiNbdInfo("host1", 10809, "/x", null, null).EndPoint);
+        Assert.Throws<ArgumentOutOfRangeException>(() => NbdClientOptions.FromXapiNbdInfo("host1", 0, "/x", null, null));
+    }
+}
