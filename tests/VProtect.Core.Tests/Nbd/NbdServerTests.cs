@@ -295,3 +295,26 @@ public class NbdXapiClientTests
         Assert.Throws<ArgumentOutOfRangeException>(() => NbdClientOptions.FromXapiNbdInfo("host1", 0, "/x", null, null));
     }
 }
+
+public class NbdServerTlsModeTests
+{
+    [Fact]
+    public async Task Optional_tls_serves_plain_and_tls_clients_and_the_mode_is_asked_per_connection()
+    {
+        using var cert = SelfSignedCertificate("nbd.test");
+        var disk = await RandomSparseDiskAsync(1 << 20);
+        var asked = new List<long>();
+        await using var server = StartServer(disk, configure: o => o with { TlsMode = c => { lock (asked) asked.Add(c.Id); return NbdTlsMode.Optional; }, Certificate = cert });
+        await using (var plain = await NbdClient.ConnectAsync(ClientOptions(server) with { Connections = 1 }, Timeout()))
+            Assert.False(plain.Export.Tls);
+        await using (var secure = await NbdClient.ConnectAsync(ClientOptions(server) with { Connections = 1, Tls = NbdTlsOptions.Pinned(Pem(cert), "nbd.test") }, Timeout()))
+        {
+            Assert.True(secure.Export.Tls);
+            Assert.True(secure.Export.StructuredReplies); // negotiated again after STARTTLS
+            var copy = new byte[disk.Length];
+            await secure.ReadAsync(0, copy, Timeout());
+            Assert.Equal(await ReadAllAsync(disk), copy);
+        }
+        lock (asked) Assert.Equal([1L, 2L], asked);
+    }
+}
