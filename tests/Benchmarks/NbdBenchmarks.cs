@@ -19,25 +19,25 @@ public sealed class NbdBenchmarks : IBenchmark
         Directory.CreateDirectory(context.WorkDirectory);
         long fullSize = context.Quick ? 512L << 20 : 4L << 30;
         long delayedSize = context.Quick ? 128L << 20 : 1L << 30;
-        var defaults = new NbdClientOptions(new UnixDomainSocketEndPoint("/unused"));
+        var defaults = Tuned(new NbdClientOptions(new UnixDomainSocketEndPoint("/unused")));
         report.WriteLine($"## nbd-read (nbdkit sparse-random, percent=50{(context.Quick ? ", --quick" : "")})");
         report.WriteLine();
-        report.WriteLine($"Ours: {defaults.Connections} connections x {defaults.MaxRequestsInFlight} requests x {defaults.RequestSize >> 10} KiB, window {defaults.MaxBytesInFlight >> 20} MiB, base:allocation holes skipped. nbdcopy: its defaults (4 connections x 64 requests x 256 KiB). One-in-flight: ours with 1 connection x 1 request.");
+        report.WriteLine($"Ours: {defaults.Connections} connections x {defaults.MaxRequestsInFlight} requests x {defaults.RequestSize >> 10} KiB, window {defaults.MaxBytesInFlight >> 20} MiB, base:allocation holes skipped. nbdcopy: its defaults (4 connections x 64 requests x 256 KiB). One-in-flight: ours with 1 connection x 1 request (one run). Ours and nbdcopy: best of {Rounds} alternating runs (shared 2-core machine).");
         report.WriteLine();
         report.WriteLine("| scenario | size | ours MB/s | nbdcopy MB/s | one-in-flight MB/s | ours / nbdcopy | ours / one-in-flight |");
         report.WriteLine("|---|---|---|---|---|---|---|");
         long allocatedBefore = GC.GetTotalAllocatedBytes(true);
 
-        foreach (var (delay, size) in new[] { (0, fullSize), (10, delayedSize), (50, delayedSize) })
+        var scenarios = new[] { (0, fullSize), (10, delayedSize), (50, delayedSize) };
+        if (Environment.GetEnvironmentVariable("VP_NBD_BENCH_ONLY_0MS") == "1") scenarios = scenarios[..1]; // tuning runs
+        foreach (var (delay, size) in scenarios)
         {
             string[] plugin = delay == 0
                 ? ["sparse-random", size.ToString(), "seed=1", "percent=50"]
                 : ["--filter=delay", "sparse-random", size.ToString(), "seed=1", "percent=50", $"rdelay={delay}ms"];
             await using var nbdkit = await Nbdkit.StartAsync(context.WorkDirectory, plugin, ct);
-            Console.Error.WriteLine($"  {delay} ms: nbdcopy");
-            double peer = await TimeAsync(() => RunNbdcopyAsync(nbdkit.Uri, "null:", ct));
-            Console.Error.WriteLine($"  {delay} ms: ours");
-            double ours = await TimeAsync(() => ReadOursAsync(nbdkit, null, o => o, ct));
+            Console.Error.WriteLine($"  {delay} ms: nbdcopy and ours, alternating, best of {Rounds}");
+            var (peer, ours) = await BestOfAsync(() => RunNbdcopyAsync(nbdkit.Uri, "null:", ct), () => ReadOursAsync(nbdkit, null, o => o, ct));
             double naive = double.NaN;
             if (delay > 0)
             {
@@ -51,10 +51,10 @@ public sealed class NbdBenchmarks : IBenchmark
                 string ourFile = Path.Combine(context.WorkDirectory, "ours.raw"), theirFile = Path.Combine(context.WorkDirectory, "nbdcopy.raw");
                 try
                 {
-                    Console.Error.WriteLine("  0 ms: nbdcopy to file");
-                    double peerFile = await TimeAsync(() => RunNbdcopyAsync(nbdkit.Uri, theirFile, ct));
-                    Console.Error.WriteLine("  0 ms: ours to file");
-                    double oursFile = await TimeAsync(() => ReadOursAsync(nbdkit, ourFile, o => o, ct));
+                    Console.Error.WriteLine($"  0 ms: to file, alternating, best of {Rounds}");
+                    var (peerFile, oursFile) = await BestOfAsync(
+                        async () => { File.Delete(theirFile); await RunNbdcopyAsync(nbdkit.Uri, theirFile, ct); },
+                        async () => { File.Delete(ourFile); await ReadOursAsync(nbdkit, ourFile, o => o, ct); });
                     Row(report, "0 ms, file sink", size, oursFile, peerFile, double.NaN);
                 }
                 finally { File.Delete(ourFile); File.Delete(theirFile); }
@@ -76,6 +76,20 @@ public sealed class NbdBenchmarks : IBenchmark
         Console.Error.WriteLine($"  {scenario}: ours {ours:0.00} s, nbdcopy {peer:0.00} s, one-in-flight {naive:0.00} s");
     }
 
+    /// <summary>The machine is shared: each side runs <see cref="Rounds"/> times, alternating, and its best time counts.</summary>
+    private const int Rounds = 3;
+
+    private static async Task<(double Peer, double Ours)> BestOfAsync(Func<Task> peer, Func<Task> ours)
+    {
+        double bestPeer = double.MaxValue, bestOurs = double.MaxValue;
+        for (int i = 0; i < Rounds; i++)
+        {
+            bestPeer = Math.Min(bestPeer, await TimeAsync(peer));
+            bestOurs = Math.Min(bestOurs, await TimeAsync(ours));
+        }
+        return (bestPeer, bestOurs);
+    }
+
     private static async Task<double> TimeAsync(Func<Task> run)
     {
         var sw = Stopwatch.StartNew();
@@ -86,7 +100,7 @@ public sealed class NbdBenchmarks : IBenchmark
     /// <summary>Reads the whole export in order; holes reported by base:allocation are not read (nbdcopy skips them too).</summary>
     private static async Task ReadOursAsync(Nbdkit nbdkit, string? file, Func<NbdClientOptions, NbdClientOptions> configure, CancellationToken ct)
     {
-        var options = configure(new NbdClientOptions(new UnixDomainSocketEndPoint(nbdkit.Socket)) { RequestTimeout = TimeSpan.FromMinutes(2) });
+        var options = configure(Tuned(new NbdClientOptions(new UnixDomainSocketEndPoint(nbdkit.Socket)) { RequestTimeout = TimeSpan.FromMinutes(2) }));
         await using var client = await NbdClient.ConnectAsync(options, ct);
         if (file is null)
         {
@@ -96,6 +110,16 @@ public sealed class NbdBenchmarks : IBenchmark
         using var handle = File.OpenHandle(file, FileMode.Create, FileAccess.Write, FileShare.None, FileOptions.Asynchronous, client.Size);
         await client.ReadExtentsAsync([new Extent(0, client.Size)], (o, d, c) => RandomAccess.WriteAsync(handle, d, o, c), skipZeroes: true, cancellationToken: ct);
         RandomAccess.FlushToDisk(handle);
+    }
+
+    /// <summary>Environment overrides for tuning runs (VP_NBD_REQUEST_KIB, VP_NBD_CONNECTIONS, VP_NBD_IN_FLIGHT); the report states what ran.</summary>
+    private static NbdClientOptions Tuned(NbdClientOptions o)
+    {
+        static int? Env(string name) => int.TryParse(Environment.GetEnvironmentVariable(name), out var v) ? v : null;
+        if (Env("VP_NBD_REQUEST_KIB") is { } kib) o = o with { RequestSize = kib * 1024 };
+        if (Env("VP_NBD_CONNECTIONS") is { } c) o = o with { Connections = c };
+        if (Env("VP_NBD_IN_FLIGHT") is { } f) o = o with { MaxRequestsInFlight = f };
+        return o;
     }
 
     private static async Task RunNbdcopyAsync(string uri, string destination, CancellationToken ct)

@@ -11,6 +11,21 @@ public sealed record NbdClientOptions
         ExportName = exportName;
     }
 
+    /// <summary>
+    /// Options for one record of <c>VDI.get_nbd_info</c> (fields address, port, exportname, cert, subject): TLS pinned to
+    /// <paramref name="cert"/> and <paramref name="subject"/>, or no TLS when cert is empty (an <c>insecure_nbd</c> network).
+    /// </summary>
+    public static NbdClientOptions FromXapiNbdInfo(string address, long port, string exportName, string? cert, string? subject)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(address);
+        ArgumentOutOfRangeException.ThrowIfLessThan(port, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(port, 65535);
+        EndPoint endPoint = IPAddress.TryParse(address, out var ip) ? new IPEndPoint(ip, (int)port) : new DnsEndPoint(address, (int)port);
+        var tls = string.IsNullOrWhiteSpace(cert) ? NbdTlsOptions.Insecure
+            : NbdTlsOptions.Pinned(cert, string.IsNullOrEmpty(subject) ? throw new ArgumentException("get_nbd_info gave a certificate without a subject.", nameof(subject)) : subject);
+        return new NbdClientOptions(endPoint, exportName) { Tls = tls };
+    }
+
     /// <summary><see cref="IPEndPoint"/>, <see cref="DnsEndPoint"/> or <see cref="System.Net.Sockets.UnixDomainSocketEndPoint"/>.</summary>
     public EndPoint EndPoint { get; init; }
     /// <summary>For xapi-nbd: the <c>exportname</c> of <c>VDI.get_nbd_info</c> (<c>/uuid?session_id=...</c>).</summary>

@@ -86,4 +86,6 @@ public sealed record NbdServerOptions
     public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>An idle connection in transmission is closed after this (null = never).</summary>
     public TimeSpan? IdleTimeout { get; init; }
+    /// <summary>Told when a connection ends because ResolveExport, a hook or OnClosed threw (for logging); the server keeps running.</summary>
+    public Action<NbdConnectionInfo, Exception>? OnConnectionError { get; init; }
 }

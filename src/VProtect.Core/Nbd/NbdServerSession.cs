@@ -53,10 +53,18 @@ internal sealed partial class NbdServerSession
         {
             // The peer went away, broke the protocol, or the server is stopping: nothing to answer.
         }
+        catch (Exception ex)
+        {
+            // A resolver or hook failed: close this connection only; the server goes on serving others.
+            _options.OnConnectionError?.Invoke(_info, ex);
+        }
         finally
         {
             try { await _stream.DisposeAsync(); } catch (Exception) { }
-            if (export?.OnClosed is { } closed) await closed();
+            if (export?.OnClosed is { } closed)
+            {
+                try { await closed(); } catch (Exception ex) { _options.OnConnectionError?.Invoke(_info, ex); }
+            }
         }
     }
 

@@ -231,3 +231,90 @@ public class NbdServerTests
         Assert.Equal((22u, 3ul), await w.ReadSimpleReplyAsync());
     }
 }
+
+public class NbdServerResilienceTests
+{
+    [Fact]
+    public async Task A_throwing_resolver_closes_only_that_connection_and_is_reported()
+    {
+        var disk = await RandomSparseDiskAsync(1 << 20);
+        var errors = new List<Exception>();
+        int calls = 0;
+        await using var server = StartServer(disk, configure: o => o with
+        {
+            ResolveExport = (r, _) => Interlocked.Increment(ref calls) == 1 ? throw new InvalidOperationException("boom") : ValueTask.FromResult<NbdExport?>(new NbdExport(disk)),
+            OnConnectionError = (_, ex) => { lock (errors) errors.Add(ex); },
+        });
+        await Assert.ThrowsAsync<NbdNegotiationException>(() => NbdClient.ConnectAsync(ClientOptions(server) with { Connections = 1 }, Timeout()));
+        await using var client = await NbdClient.ConnectAsync(ClientOptions(server) with { Connections = 1 }, Timeout());
+        var back = new byte[4096];
+        await client.ReadAsync(0, back, Timeout());
+        Assert.Equal((await ReadAllAsync(disk)).AsSpan(0, 4096).ToArray(), back);
+        lock (errors) Assert.Contains(errors, e => e.Message == "boom");
+    }
+
+    [Fact]
+    public async Task On_closed_runs_when_a_connection_ends()
+    {
+        var closed = new TaskCompletionSource();
+        var disk = new SparseMemoryDisk(1 << 20);
+        await using var server = StartServer(disk, configure: o => o with
+        {
+            ResolveExport = (_, _) => ValueTask.FromResult<NbdExport?>(new NbdExport(disk) { OnClosed = () => { closed.TrySetResult(); return ValueTask.CompletedTask; } }),
+        });
+        await using (var client = await NbdClient.ConnectAsync(ClientOptions(server) with { Connections = 1 }, Timeout())) { }
+        await closed.Task.WaitAsync(TestTimeout);
+    }
+}
+
+public class NbdXapiClientTests
+{
+    [Fact]
+    public async Task Options_from_get_nbd_info_read_a_forced_tls_xapi_server()
+    {
+        using var cert = SelfSignedCertificate("host1.pool.test");
+        var disk = await RandomSparseDiskAsync(2 << 20);
+        const string name = "/3f0e2c7d-9a11-4b1f-9a51-0b6c8a547d5e?session_id=OpaqueRef:s";
+        await using var server = StartServer(disk, configure: o => o with { XapiNbdMode = true, TlsMode = _ => NbdTlsMode.Required, Certificate = cert }, name: name);
+        var options = NbdClientOptions.FromXapiNbdInfo("127.0.0.1", server.Port, name, Pem(cert), "host1.pool.test");
+        await using var client = await NbdClient.ConnectAsync(options, Timeout());
+        Assert.True(client.Export.Tls);
+        Assert.False(client.Export.NegotiatedWithGo);
+        var copy = new byte[disk.Length];
+        await client.ReadAsync(0, copy, Timeout());
+        Assert.Equal(await ReadAllAsync(disk), copy);
+    }
+
+    [Fact]
+    public void Options_from_get_nbd_info_without_cert_are_insecure_and_reject_bad_ports()
+    {
+        var o = NbdClientOptions.FromXapiNbdInfo("::1", 10809, "/x?session_id=y", "", null);
+        Assert.False(o.Tls.Enabled);
+        Assert.Equal(new System.Net.IPEndPoint(System.Net.IPAddress.IPv6Loopback, 10809), o.EndPoint);
+        Assert.IsType<System.Net.DnsEndPoint>(NbdClientOptions.FromXapiNbdInfo("host1", 10809, "/x", null, null).EndPoint);
+        Assert.Throws<ArgumentOutOfRangeException>(() => NbdClientOptions.FromXapiNbdInfo("host1", 0, "/x", null, null));
+    }
+}
+
+public class NbdServerTlsModeTests
+{
+    [Fact]
+    public async Task Optional_tls_serves_plain_and_tls_clients_and_the_mode_is_asked_per_connection()
+    {
+        using var cert = SelfSignedCertificate("nbd.test");
+        var disk = await RandomSparseDiskAsync(1 << 20);
+        var asked = new List<long>();
+        await using var server = StartServer(disk, configure: o => o with { TlsMode = c => { lock (asked) asked.Add(c.Id); return NbdTlsMode.Optional; }, Certificate = cert });
+        await using (var plain = await NbdClient.ConnectAsync(ClientOptions(server) with { Connections = 1 }, Timeout()))
+            Assert.False(plain.Export.Tls);
+        await using (var secure = await NbdClient.ConnectAsync(ClientOptions(server) with { Connections = 1, Tls = NbdTlsOptions.Pinned(Pem(cert), "nbd.test") }, Timeout()))
+        {
+            Assert.True(secure.Export.Tls);
+            Assert.True(secure.Export.StructuredReplies); // negotiated again after STARTTLS
+            var copy = new byte[disk.Length];
+            await secure.ReadAsync(0, copy, Timeout());
+            Assert.Equal(await ReadAllAsync(disk), copy);
+        }
+        lock (asked) Assert.Equal([1L, 2L], asked);
+    }
+}
