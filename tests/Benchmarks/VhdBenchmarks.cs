@@ -90,7 +90,7 @@ public sealed class VhdBenchmarks : IBenchmark
     {
         using var source = await VhdFile.OpenAsync(vhd, cancellationToken);
         using var target = new RawFile(raw, source.Length);
-        await BlockCopier.CopyAsync(source, target, new BlockCopyOptions { Concurrency = 4 }, cancellationToken: cancellationToken);
+        await BlockCopier.CopyAsync(source, target, new BlockCopyOptions { Concurrency = 4, DetectZeroes = true }, cancellationToken: cancellationToken);
         target.FlushToDisk();
     }
 
