@@ -87,7 +87,9 @@ public static class VhdStreamWriter
     /// <summary>
     /// Writes the same image as <see cref="WriteAsync"/> into a seekable file, with up to
     /// <paramref name="concurrency"/> blocks read and written at once (every block's place is known from the
-    /// plan). Faster than the stream path on local disks; the source must allow concurrent reads.
+    /// plan). Sectors a partial block does not carry are left as holes of the pre-sized file (they read as zeros),
+    /// so less is written than on the stream path. The file must be new or empty; the source must allow
+    /// concurrent reads.
     /// </summary>
     public static async Task WriteFileAsync(IBlockSource source, VhdBlockPlan plan, SafeFileHandle file, VhdWriteOptions? options = null,
         int concurrency = 4, IProgress<TransferProgress>? progress = null, CancellationToken cancellationToken = default)
@@ -104,6 +106,8 @@ public static class VhdStreamWriter
         var metadata = BuildMetadata(plan, options, out var footerBytes);
         int bitmapBytes = VhdFormat.BitmapBytes(plan.BlockSize);
         int blockBytes = bitmapBytes + plan.BlockSize;
+        if (RandomAccess.GetLength(file) != 0)
+            throw new ArgumentException("WriteFileAsync needs a new, empty file: it relies on unwritten ranges reading as zeros.", nameof(file));
         RandomAccess.SetLength(file, total);
         await RandomAccess.WriteAsync(file, metadata, 0, cancellationToken).ConfigureAwait(false);
         long done = metadata.Length;
@@ -117,8 +121,25 @@ public static class VhdStreamWriter
                 for (int i = Interlocked.Increment(ref next); i < plan.Blocks.Count; i = Interlocked.Increment(ref next))
                 {
                     var memory = buffer.AsMemory(0, blockBytes);
-                    await FillBlockAsync(source, plan, plan.Blocks[i], memory, bitmapBytes, linked.Token).ConfigureAwait(false);
-                    await RandomAccess.WriteAsync(file, memory, metadata.Length + (long)i * blockBytes, linked.Token).ConfigureAwait(false);
+                    var block = plan.Blocks[i];
+                    await FillBlockAsync(source, plan, block, memory, bitmapBytes, linked.Token).ConfigureAwait(false);
+                    long at = metadata.Length + (long)i * blockBytes;
+                    if (block.IsFull) await RandomAccess.WriteAsync(file, memory, at, linked.Token).ConfigureAwait(false);
+                    else
+                    {
+                        // The file was pre-sized and is still a hole here: write the bitmap and the carried sectors
+                        // only; the rest of the block reads as the zeros the spec requires.
+                        await RandomAccess.WriteAsync(file, memory[..bitmapBytes], at, linked.Token).ConfigureAwait(false);
+                        int sectors = plan.SectorsInDisk(block.Index);
+                        for (int s = 0; s < sectors;)
+                        {
+                            int run = VhdSectorBitmap.RunLength(block.SectorBitmap, s, sectors - s, out bool set);
+                            if (set)
+                                await RandomAccess.WriteAsync(file, memory.Slice(bitmapBytes + s * VhdFormat.SectorSize, run * VhdFormat.SectorSize),
+                                    at + bitmapBytes + (long)s * VhdFormat.SectorSize, linked.Token).ConfigureAwait(false);
+                            s += run;
+                        }
+                    }
                     progress?.Report(new TransferProgress(Interlocked.Add(ref done, blockBytes), total));
                 }
             }
