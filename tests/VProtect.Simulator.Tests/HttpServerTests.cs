@@ -36,6 +36,14 @@ public sealed class HttpServerTests
     }
 
     [Fact]
+    public async Task Rpc_without_content_length_is_411_not_a_hang()
+    {
+        await using var h = await SimHandle.StartAsync("empty");
+        var text = await ExchangeAsync(h.Sim.Url, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+        Assert.StartsWith("HTTP/1.1 411", text);
+    }
+
+    [Fact]
     public async Task Http_1_0_gets_a_1_0_answer_and_a_close()
     {
         await using var h = await SimHandle.StartAsync("empty");

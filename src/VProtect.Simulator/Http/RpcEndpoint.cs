@@ -65,6 +65,13 @@ internal sealed class RpcEndpoint
 
     private static async Task<string?> ReadBodyAsync(HttpExchange ex, CancellationToken ct)
     {
+        if (ex.Request.ContentLength is null)
+        {
+            // Without a length the body would only end when the client closes; RPC clients always send one.
+            await ex.RespondErrorAsync(411, "Length Required", "RPC requests need a Content-Length.", ct).ConfigureAwait(false);
+            ex.KeepAlive = false;
+            return null;
+        }
         if (ex.Request.ContentLength is > MaxBodyBytes)
         {
             await ex.RespondErrorAsync(413, "Request Entity Too Large", "RPC bodies are limited to 64 MiB.", ct).ConfigureAwait(false);

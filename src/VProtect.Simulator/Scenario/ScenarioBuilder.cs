@@ -175,8 +175,9 @@ internal static class ScenarioBuilder
             hostIndex++;
             db.Create("PIF", new Dictionary<string, object?> { ["device"] = "eth0", ["network"] = mgmt.Ref, ["host"] = h.Ref, ["MAC"] = ModelOps.NewMac(),
                 ["IP"] = h.Str("address"), ["netmask"] = "255.0.0.0", ["management"] = true, ["ip_configuration_mode"] = "Static" });
+            // Loopback on purpose (127.0.1.N): anything that follows this network stays on the machine.
             db.Create("PIF", new Dictionary<string, object?> { ["device"] = "eth1", ["network"] = storage.Ref, ["host"] = h.Ref, ["MAC"] = ModelOps.NewMac(),
-                ["IP"] = $"10.10.0.{hostIndex}", ["netmask"] = "255.255.255.0", ["ip_configuration_mode"] = "Static" });
+                ["IP"] = $"127.0.1.{hostIndex}", ["netmask"] = "255.255.255.0", ["ip_configuration_mode"] = "Static" });
             // dom0
             var dom0 = db.Create("VM", new Dictionary<string, object?>
             {
