@@ -43,8 +43,8 @@ public sealed class ConnectXenPoolCommand : VProtectCmdlet
         var userName = Credential.UserName;
         WriteVerbose($"Logging in to {uri} as {userName} over {Protocol}.");
         var client = RunEngine(
-            // The password leaves the SecureString only here, at the engine boundary.
-            (_, ct) => XapiSession.LoginAsync(uri, userName, Credential.GetNetworkCredential().Password, options, ct),
+            // The password leaves the SecureString only here, at the engine boundary (DOMAIN\user is kept whole).
+            (_, ct) => XapiSession.LoginAsync(uri, Credential.GetNetworkCredential(), options, ct),
             Url);
         if (client.RedirectedFrom is not null)
             WriteWarning($"{client.RedirectedFrom} is a pool member, not the master; connected to the pool master {client.Url} instead.");
