@@ -96,8 +96,8 @@ function Invoke-Tests {
     $pesterArgs = @('pwsh', '--', '-NoProfile', '-NonInteractive', '-File', (Join-Path $Root 'tools/Invoke-PesterTests.ps1'),
         '-ModulePath', (Join-Path $ModuleOut "$ModuleName.psd1"), '-PesterVersion', $PesterVersion,
         '-ResultPath', $results, '-CountsPath', $pesterJson)
-    # A bare '*' would be glob-expanded by pwsh when passed to a native command on Unix.
-    if ($Filter -ne '*') { $pesterArgs += @('-Filter', $Filter) }
+    # Wildcards passed to a native command are glob-expanded by pwsh on Unix: hand the filter over in the environment.
+    $env:VPROTECT_TEST_FILTER = $Filter
     Push-Location $Root
     try { & dotnet tool run @pesterArgs | Out-Host } finally { Pop-Location }
     if (Test-Path $pesterJson) {

@@ -7,7 +7,8 @@ param(
     [Parameter(Mandatory)] [string] $PesterVersion,
     [Parameter(Mandatory)] [string] $ResultPath,
     [Parameter(Mandatory)] [string] $CountsPath,
-    [string] $Filter = '*'
+    # build.ps1 passes -Filter through VPROTECT_TEST_FILTER (a wildcard argument would be glob-expanded on Unix).
+    [string] $Filter = $(if ($env:VPROTECT_TEST_FILTER) { $env:VPROTECT_TEST_FILTER } else { '*' })
 )
 $ErrorActionPreference = 'Stop'
 $root = Split-Path $PSScriptRoot -Parent
