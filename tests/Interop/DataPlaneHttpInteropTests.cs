@@ -21,7 +21,7 @@ public sealed class DataPlaneHttpInteropTests
 {
     private const long SystemSize = 6L << 20;
 
-    private static async Task<(XenSimulator Sim, string Session, string ScenarioPath)> StartAsync()
+    private static async Task<(XenSimulator Sim, string Session, string ScenarioPath)> StartAsync(bool https = false)
     {
         var scenario = new
         {
@@ -37,7 +37,7 @@ public sealed class DataPlaneHttpInteropTests
         };
         var path = Path.Combine(Path.GetTempPath(), $"dp-http-interop-{Guid.NewGuid():N}.json");
         await File.WriteAllTextAsync(path, JsonSerializer.Serialize(scenario));
-        var sim = await XenSimulator.StartAsync(new SimulatorOptions { Scenario = path, HttpsPort = null });
+        var sim = await XenSimulator.StartAsync(new SimulatorOptions { Scenario = path, HttpsPort = https ? 0 : null });
         var session = (string)(await CallAsync(sim, "session.login_with_password", sim.User, sim.Password))!;
         return (sim, session, path);
     }
@@ -100,6 +100,22 @@ public sealed class DataPlaneHttpInteropTests
         var result = await XvaReader.ReadFileAsync(dir.File("vm.xva"), null, CancellationToken.None);
         Assert.Equal("small-01", result.Metadata.Vm!.GetString("name_label"));
         Assert.Equal(2, result.Disks.Count);
+        File.Delete(scenario);
+    }
+
+    [Fact]
+    public async Task Curl_verifies_the_host_certificate_and_downloads_over_https()
+    {
+        var (sim, session, scenario) = await StartAsync(https: true);
+        await using var _ = sim;
+        using var dir = new TempDir();
+        await File.WriteAllTextAsync(dir.File("host.pem"), sim.Certificate.ExportCertificatePem());
+        var vdi = await RefAsync(sim, session, "VDI", "small-01 system");
+        var uuid = await UuidAsync(sim, session, "VDI", vdi);
+        var url = new Uri(sim.HttpsUrl!, $"export_raw_vdi?vdi={uuid}&format=raw&session_id={session}").ToString();
+        var (exit, err) = await CurlAsync("-sS", "--fail", "--max-time", "60", "--cacert", dir.File("host.pem"), "-o", dir.File("tls.raw"), url);
+        Assert.True(exit == 0, "curl (https) failed: " + err);
+        Assert.Equal(await ControlShaAsync(sim, uuid), Sha(await File.ReadAllBytesAsync(dir.File("tls.raw"))));
         File.Delete(scenario);
     }
 
