@@ -71,4 +71,30 @@ public sealed class HttpTransferFaultTests
         var r = await RawHttp.SendAsync(t.Sim.Url, "GET", $"/export_raw_vdi?session_id=OpaqueRef:not-a-session&vdi={vdi}");
         Assert.Equal(401, r.Status);
     }
+
+    [Fact]
+    public async Task Task_cancel_during_a_download_ends_the_stream_and_the_task_stays_cancelled()
+    {
+        await using var t = await TransferSim.StartAsync();
+        var vdi = await t.VdiRefAsync("small-01 system");
+        var task = await t.NewTaskAsync();
+        // 1 s before each 1 MiB write keeps the 6 MiB stream open long enough to cancel it after its head arrives.
+        t.Sim.Faults.SetLatency(Faults.TransferChannel.Http, 1000);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        using var tcp = new System.Net.Sockets.TcpClient();
+        await tcp.ConnectAsync(t.Sim.Url.Host, t.Sim.Url.Port, cts.Token);
+        var stream = tcp.GetStream();
+        await stream.WriteAsync(System.Text.Encoding.ASCII.GetBytes($"GET /export_raw_vdi?session_id={t.Session}&vdi={vdi}&task_id={task} HTTP/1.1\r\nHost: x\r\n\r\n"), cts.Token);
+        var buffer = new byte[64 * 1024];
+        int n = await stream.ReadAsync(buffer, cts.Token);   // the head is written before the first (delayed) chunk
+        Assert.StartsWith("HTTP/1.1 200 OK", System.Text.Encoding.ASCII.GetString(buffer, 0, n));
+        await t.Client.CallAsync("task.cancel", task);
+        long total = 0;
+        try { while ((n = await stream.ReadAsync(buffer, cts.Token)) > 0) total += n; }
+        catch (IOException) { /* reset is fine: the server ended the transfer */ }
+        Assert.True(total < TransferSim.SmallDisk, $"{total} bytes arrived; the cancelled transfer should have stopped early.");
+        var rec = await t.TaskAsync(task);
+        Assert.Equal("cancelled", rec["status"]);
+        Assert.Equal(new object?[] { "TASK_CANCELLED", task }, V.Arr(rec["error_info"]));
+    }
 }
