@@ -211,6 +211,12 @@ public sealed class HttpExportRawVdiTests
         var served = await RawHttp.SendAsync(new Uri(r.Header("Location")!), "GET", target);
         Assert.Equal(200, served.Status);
         Assert.Equal(TransferSim.SecondDisk, served.Body.Length);
+        // A VM export whose disks live on that SR is forwarded the same way.
+        var export = $"/export?session_id={t.Session}&ref={await t.VmRefAsync("small-01")}";
+        var forwarded = await RawHttp.SendAsync(t.Sim.Url, "GET", export);
+        Assert.Equal(302, forwarded.Status);
+        Assert.Equal($"http://{XenSimulator.MemberAddress}:{t.Sim.Url.Port}{export}", forwarded.Header("Location"));
+        Assert.Equal("HTTP/1.0 200 OK", (await RawHttp.SendAsync(new Uri(forwarded.Header("Location")!), "GET", export)).StatusLine);
     }
 
     internal static int AllocatedBatEntries(byte[] vhd)

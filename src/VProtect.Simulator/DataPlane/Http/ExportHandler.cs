@@ -26,6 +26,9 @@ internal sealed class ExportHandler(HttpDataPlane plane)
         if (power is not ("Halted" or "Suspended"))
             throw new XapiError("VM_BAD_POWER_STATE", vm.Ref, "halted", power.ToLowerInvariant());
         var (metadata, disks) = BuildExport(vm, preservePowerState: scope.Request.QueryOrCookie("preserve_power_state") == "true");
+        // export.ml forwards to a host that sees the VM's SRs when this one does not.
+        foreach (var sr in disks.Select(d => plane.Core.Db.TryGetByUuid("VDI", d.Uuid)?.Str("SR")).OfType<string>().Distinct())
+            if (await plane.RedirectIfBetterHostAsync(scope, sr, ct).ConfigureAwait(false)) return;
         var compression = (scope.Request.QueryOrCookie("use_compression") ?? "").ToLowerInvariant() switch
         {
             "true" or "gzip" => XvaCompression.Gzip,
