@@ -185,7 +185,13 @@ public sealed class HttpExportRawVdiTests
     {
         await using var t = await TransferSim.StartAsync();
         var vdi = await t.VdiRefAsync("small-01 system");
-        t.Sim.Faults.AddDrop(new Faults.TransferDropFault(Faults.TransferChannel.Http, 1_000_000, 1));
+        // Through the control API, as tests and the demo inject it.
+        using (var control = new HttpClient())
+        {
+            using var resp = await control.PostAsync(new Uri(t.Sim.ControlUrl, "sim/faults"),
+                new StringContent("{\"drop\":\"http\",\"afterBytes\":1000000,\"count\":1}", Encoding.UTF8, "application/json"));
+            Assert.True(resp.IsSuccessStatusCode, await resp.Content.ReadAsStringAsync());
+        }
         var task = await t.NewTaskAsync();
         var r = await RawHttp.SendAsync(t.Sim.Url, "GET", $"/export_raw_vdi?session_id={t.Session}&vdi={vdi}&task_id={task}");
         Assert.Equal(200, r.Status);
