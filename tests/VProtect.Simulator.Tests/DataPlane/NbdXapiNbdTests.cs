@@ -72,6 +72,21 @@ public sealed class NbdXapiNbdTests
             Assert.True(client.Export.Tls);
             Assert.Equal(await pool.Sha256Async(), await HashWithOurClientAsync(client));
         }
+        // Every address get_nbd_info lists (master and member) serves the export with the same pinned certificate and subject.
+        var all = V.Arr(await pool.Client.CallAsync("VDI.get_nbd_info", pool.VdiRef)).Select(V.Map).ToList();
+        Assert.Contains(all, i => V.Str(i["address"]) == "127.0.0.2");
+        foreach (var entry in all)
+        {
+            var options = ClientOptions(pool, V.Str(entry["exportname"]), NbdTlsOptions.Pinned(V.Str(entry["cert"]), V.Str(entry["subject"])))
+                with { EndPoint = new IPEndPoint(IPAddress.Parse(V.Str(entry["address"])), (int)V.Long(entry["port"])) };
+            await using var client = await NbdClient.ConnectAsync(options, NbdTestPool.Timeout());
+            Assert.True(client.Export.Tls);
+            var head = new byte[4096];
+            await client.ReadAsync(0, head, NbdTestPool.Timeout());
+            var expected = new byte[4096];
+            Storage.DeterministicData.Fill(expected, 11, 0);
+            Assert.Equal(expected, head);
+        }
 
         // A plain client is told TLS is required (any option but STARTTLS), and EXPORT_NAME before TLS closes the connection.
         await using (var raw = await pool.RawAsync(NbdTestPool.Timeout()))
