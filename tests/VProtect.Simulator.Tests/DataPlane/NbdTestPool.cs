@@ -78,11 +78,25 @@ internal sealed class NbdTestPool : IAsyncDisposable
         return infos.First(i => V.Str(i["address"]) == "127.0.0.1");
     }
 
-    /// <summary>dom0 VBDs (VM is a control domain) of the test VDI: (ref, record).</summary>
-    public async Task<List<Dictionary<string, object?>>> Dom0VbdsAsync()
+    /// <summary>
+    /// Waits (bounded) until the server has unplugged every dom0 VBD of the VDI: it does so after it sees the client's
+    /// close, which the client cannot wait for itself. Fails the test after 15 s.
+    /// </summary>
+    public async Task WaitForNoDom0VbdsAsync(string? vdiRef = null)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(15);
+        while ((await Dom0VbdsAsync(vdiRef)).Count > 0)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the dom0 VBD was not removed within 15 s of the disconnect");
+            await Task.Delay(20);
+        }
+    }
+
+    /// <summary>VBD records of the VDI (default: the test VDI) whose VM is a control domain.</summary>
+    public async Task<List<Dictionary<string, object?>>> Dom0VbdsAsync(string? vdiRef = null)
     {
         var list = new List<Dictionary<string, object?>>();
-        foreach (var vbd in V.Arr(await Client.CallAsync("VDI.get_VBDs", VdiRef)))
+        foreach (var vbd in V.Arr(await Client.CallAsync("VDI.get_VBDs", vdiRef ?? VdiRef)))
         {
             var r = await Client.RecordAsync("VBD", V.Str(vbd));
             if (V.Bool(await Client.CallAsync("VM.get_is_control_domain", V.Str(r["VM"])))) list.Add(r);
