@@ -107,6 +107,13 @@ internal sealed class NbdRawClient : IAsyncDisposable
         return (BinaryPrimitives.ReadUInt32BigEndian(h.AsSpan(4)), BinaryPrimitives.ReadUInt64BigEndian(h.AsSpan(8)));
     }
 
+    /// <summary>
+    /// True when a byte (or the close) arrives within <paramref name="wait"/>; consumes nothing. Poll, not a cancelled
+    /// receive: cancelling a socket receive may leave the socket unusable on some platforms.
+    /// </summary>
+    public Task<bool> AnythingArrivesWithinAsync(TimeSpan wait)
+        => Task.Run(() => _socket.Poll((int)(wait.Ticks / 10), SelectMode.SelectRead));
+
     private async Task SendAsync(byte[] data, CancellationToken ct) => await _socket.SendAsync(data, SocketFlags.None, ct);
 
     public ValueTask DisposeAsync()

@@ -1,6 +1,8 @@
 using System.Net;
 using System.Security.Cryptography;
+using System.Text.Json.Nodes;
 using VProtect.Core.Nbd;
+using VProtect.Simulator.DataPlane.Nbd;
 
 namespace VProtect.Simulator.Tests.DataPlane;
 
@@ -260,9 +262,8 @@ public sealed class NbdXapiNbdTests
         await pool.PostFaultAsync("""{"latency":"nbd","ms":3000}""");
         await raw.SendReadAsync(1, 0, 512, NbdTestPool.Timeout());
         // One-sided: a reply delayed by 3 s cannot arrive within 300 ms, however slow or fast the machine.
-        using (var shortWait = new CancellationTokenSource(TimeSpan.FromMilliseconds(300)))
-            await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await raw.ReadUpToAsync(16, shortWait.Token));
-        // It does arrive afterwards (delayed, not lost); the connection was not cut by the cancelled receive.
+        Assert.False(await raw.AnythingArrivesWithinAsync(TimeSpan.FromMilliseconds(300)), "the reply came before the injected 3 s latency");
+        // It does arrive afterwards: delayed, not lost.
         var reply = await raw.ReadUpToAsync(16 + 512, NbdTestPool.Timeout());
         Assert.Equal(16 + 512, reply.Length);
     }
@@ -294,5 +295,50 @@ public sealed class NbdXapiNbdTests
         await using var client = await NbdClient.ConnectAsync(ClientOptions(pool), NbdTestPool.Timeout());
         var ex = await Assert.ThrowsAsync<NbdException>(async () => await client.ReadAsync(5L << 20, new byte[1 << 20], NbdTestPool.Timeout()));
         Assert.Equal(NbdErrno.EIO, ex.Errno);
+    }
+
+    [Theory]
+    [InlineData("/0f3e-uuid?session_id=OpaqueRef:abc", "0f3e-uuid", "OpaqueRef:abc")]
+    [InlineData("0f3e-uuid?session_id=OpaqueRef:abc", "0f3e-uuid", "OpaqueRef:abc")]            // no leading slash: still a URI path
+    [InlineData("/0f3e-uuid?x=1&session_id=OpaqueRef%3Aabc&y", "0f3e-uuid", "OpaqueRef:abc")]   // other parameters, percent-encoding
+    public void Export_names_are_read_as_uris(string name, string uuid, string session)
+    {
+        Assert.True(XapiNbdExportName.TryParse(name, out var parsed));
+        Assert.Equal(new XapiNbdExportName(uuid, session), parsed);
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("/")]
+    [InlineData("/0f3e-uuid")]
+    [InlineData("/0f3e-uuid?session_id=")]
+    [InlineData("/?session_id=OpaqueRef:abc")]
+    [InlineData("/0f3e-uuid?sessionid=OpaqueRef:abc")]
+    public void Export_names_without_a_vdi_or_a_session_are_rejected(string name)
+        => Assert.False(XapiNbdExportName.TryParse(name, out _));
+
+    [Fact]
+    public async Task Read_error_faults_are_listed_consumed_and_validated_by_the_control_api()
+    {
+        await using var pool = await NbdTestPool.StartAsync("insecure_nbd");
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+        var faultsUrl = new Uri(pool.Sim.ControlUrl, "sim/faults");
+        await pool.PostFaultAsync("""{"readError":"nbd","offset":4096,"count":2}""");
+        var listed = JsonNode.Parse(await http.GetStringAsync(faultsUrl))!["readErrors"]!.AsArray();
+        var fault = Assert.Single(listed)!;
+        Assert.Equal(4096, (long)fault["Offset"]!);
+        Assert.Equal(2, (int)fault["Count"]!);
+        using (var bad = await http.PostAsync(faultsUrl, new StringContent("""{"readError":"smb","offset":0}""")))
+            Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
+
+        await using var client = await NbdClient.ConnectAsync(ClientOptions(pool), NbdTestPool.Timeout());
+        for (int i = 0; i < 2; i++)
+            Assert.Equal(NbdErrno.EIO, (await Assert.ThrowsAsync<NbdException>(async () => await client.ReadAsync(0, new byte[8192], NbdTestPool.Timeout()))).Errno);
+        Assert.Empty(JsonNode.Parse(await http.GetStringAsync(faultsUrl))!["readErrors"]!.AsArray());
+        var data = new byte[8192];
+        await client.ReadAsync(0, data, NbdTestPool.Timeout());
+        var expected = new byte[8192];
+        Storage.DeterministicData.Fill(expected, 11, 0);
+        Assert.Equal(expected, data);
     }
 }

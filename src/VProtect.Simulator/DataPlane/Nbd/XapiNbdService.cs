@@ -38,16 +38,12 @@ internal sealed class XapiNbdService : IAsyncDisposable
                     var host = new XapiNbdHost(core, hostRef, attachDelay);
                     foreach (var address in addresses)
                     {
-                        var server = NbdServer.Start(new NbdServerOptions
+                        NbdServer server;
+                        try { server = NbdServer.Start(Options(core, host, address, port)); }
+                        catch (SocketException ex) when (ex.SocketErrorCode == SocketError.AddressNotAvailable && !address.Equals(core.MasterAddress))
                         {
-                            EndPoint = new IPEndPoint(address, port),
-                            XapiNbdMode = true,
-                            MaxConnections = MaxConnectionsPerHost,
-                            Certificate = core.Certificate,
-                            TlsMode = host.TlsMode,
-                            ResolveExport = host.ResolveAsync,
-                            Hooks = host,
-                        });
+                            continue; // e.g. 127.0.1.x where the OS does not route all of 127/8 to loopback: that PIF's address is not served
+                        }
                         service._listeners.Add((host, server));
                     }
                 }
@@ -65,6 +61,17 @@ internal sealed class XapiNbdService : IAsyncDisposable
             }
         }
     }
+
+    private static NbdServerOptions Options(SimulatorCore core, XapiNbdHost host, IPAddress address, int port) => new()
+    {
+        EndPoint = new IPEndPoint(address, port),
+        XapiNbdMode = true,
+        MaxConnections = MaxConnectionsPerHost,
+        Certificate = core.Certificate,
+        TlsMode = host.TlsMode,
+        ResolveExport = host.ResolveAsync,
+        Hooks = host,
+    };
 
     /// <summary>Each host's distinct loopback IPs (PIF IPs and the host address); never a non-loopback address.</summary>
     private static List<(string HostRef, List<IPAddress> Addresses)> AddressesByHost(SimulatorCore core)
