@@ -341,4 +341,38 @@ public sealed class NbdXapiNbdTests
         Storage.DeterministicData.Fill(expected, 11, 0);
         Assert.Equal(expected, data);
     }
+
+    [Fact]
+    public async Task A_vdi_on_a_local_sr_is_served_only_by_the_host_that_sees_the_sr()
+    {
+        await using var pool = await NbdTestPool.StartAsync("insecure_nbd");
+        var localSr = await pool.Client.RefByNameAsync("SR", $"Local storage {Scenario.DefaultScenario.MemberName}");
+        var vdi = V.Str(await pool.Client.CallAsync("VDI.create", VdiTests.VdiRecord(localSr, 4L << 20)));
+        var uuid = V.Str(await pool.Client.CallAsync("VDI.get_uuid", vdi));
+        var infos = V.Arr(await pool.Client.CallAsync("VDI.get_nbd_info", vdi)).Select(V.Map).ToList();
+        Assert.Equal(["127.0.0.2"], infos.Select(i => V.Str(i["address"])));
+        string name = $"/{uuid}?session_id={pool.Session}";
+        await using (var member = await NbdRawClient.ConnectAsync(IPAddress.Parse("127.0.0.2"), pool.Sim.NbdPort, NbdTestPool.Timeout()))
+            Assert.Equal(4L << 20, (await member.OpenExportAsync(name, NbdTestPool.Timeout()))?.Size);
+        await using (var master = await pool.RawAsync(NbdTestPool.Timeout()))
+            Assert.Null(await master.OpenExportAsync(name, NbdTestPool.Timeout())); // the master has no PBD for that SR: closed
+    }
+
+    [Fact]
+    public async Task An_open_connection_keeps_serving_after_its_session_logs_out_but_new_ones_are_refused()
+    {
+        await using var pool = await NbdTestPool.StartAsync("insecure_nbd");
+        var other = new XapiTestClient(pool.Sim.Url);
+        await other.LoginAsync(pool.Sim.User, pool.Sim.Password);
+        string name = $"/{pool.VdiUuid}?session_id={other.Session}";
+        await using var raw = await pool.RawAsync(NbdTestPool.Timeout());
+        Assert.NotNull(await raw.OpenExportAsync(name, NbdTestPool.Timeout()));
+        await other.CallAsync("session.logout");
+        other.Dispose();
+        await raw.SendReadAsync(7, 0, 4096, NbdTestPool.Timeout());
+        Assert.Equal((0u, 7ul), await raw.SimpleReplyAsync(NbdTestPool.Timeout()));
+        Assert.Equal(4096, (await raw.ReadUpToAsync(4096, NbdTestPool.Timeout())).Length);
+        await using var again = await pool.RawAsync(NbdTestPool.Timeout());
+        Assert.Null(await again.OpenExportAsync(name, NbdTestPool.Timeout()));
+    }
 }
