@@ -375,4 +375,19 @@ public sealed class NbdXapiNbdTests
         await using var again = await pool.RawAsync(NbdTestPool.Timeout());
         Assert.Null(await again.OpenExportAsync(name, NbdTestPool.Timeout()));
     }
+
+    [Fact]
+    public async Task A_drop_during_the_export_name_answer_still_unplugs_the_dom0_vbd()
+    {
+        await using var pool = await NbdTestPool.StartAsync("insecure_nbd");
+        await pool.PostFaultAsync("""{"drop":"nbd","afterBytes":100,"count":1}"""); // greeting (18) + 82 of the 134-byte answer
+        await using (var raw = await pool.RawAsync(NbdTestPool.Timeout()))
+        {
+            Assert.True(await raw.GreetingAsync(NbdTestPool.Timeout()));
+            await raw.SendClientFlagsAsync(NbdTestPool.Timeout());
+            await raw.SendOptionAsync(1, System.Text.Encoding.UTF8.GetBytes(pool.ExportName), NbdTestPool.Timeout());
+            Assert.Equal(82, (await raw.ReadUpToAsync(134, NbdTestPool.Timeout())).Length);
+        }
+        await pool.WaitForNoDom0VbdsAsync(); // the VDI was plugged for this connection and must not stay plugged
+    }
 }
