@@ -124,7 +124,13 @@ internal sealed partial class NbdServerSession
                     var answer = new byte[_noZeroes ? 10 : 134];
                     BinaryPrimitives.WriteUInt64BigEndian(answer, (ulong)export.Source.Length);
                     BinaryPrimitives.WriteUInt16BigEndian(answer.AsSpan(8), (ushort)FlagsFor(export));
-                    await WriteAsync(answer, ct);
+                    try { await WriteAsync(answer, ct); }
+                    catch
+                    {
+                        // The export was opened but never handed to RunAsync: release it here (the simulator's dom0 VBD).
+                        if (export.OnClosed is { } closed) await closed();
+                        throw;
+                    }
                     return (export, name);
                 }
                 case NbdOption.Abort:

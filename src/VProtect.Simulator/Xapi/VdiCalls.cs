@@ -131,7 +131,7 @@ internal sealed class VdiCalls
                             ["address"] = ip,
                             ["port"] = (long)_core.NbdPort,
                             ["cert"] = HostCertificate.ToPem(_core.Certificate),
-                            ["subject"] = host.Str("hostname"),
+                            ["subject"] = DataPlane.Nbd.NbdCertificateSubject.Of(_core.Certificate, host.Str("hostname")),
                         });
                 }
             return result.ToArray();
