@@ -2,6 +2,7 @@ using System.Management.Automation;
 using VProtect.Core.Repository;
 using VProtect.Core.Restore;
 using VProtect.Core.Restore.Cbt;
+using VProtect.Core.Restore.Xva;
 using VProtect.PowerShell.Backup;
 using VProtect.PowerShell.Infrastructure;
 
@@ -79,7 +80,7 @@ public sealed class RestoreVMBackupCommand : VProtectCmdlet
         if (!ShouldProcess(point.VmName, what)) return;
         var session = _session!.Client;
         var options = new RestoreOptions { Name = Name, StorageRepository = SR, Disks = Disk, PowerOn = PowerOn };
-        var engine = new RestoreEngine(new CbtRestore());
+        var engine = new RestoreEngine(new CbtRestore(), new XvaRestore());
         TryRunEngine(async (sink, ct) =>
         {
             var result = await engine.RestoreAsync(session, repository, point, options, new ProgressObserver(sink, 0, "Restoring"), ct).ConfigureAwait(false);

@@ -1,6 +1,7 @@
 using System.Management.Automation;
 using VProtect.Core.Backup;
 using VProtect.Core.Backup.Cbt;
+using VProtect.Core.Backup.Xva;
 using VProtect.Core.Repository;
 using VProtect.PowerShell.Backup;
 using VProtect.PowerShell.Infrastructure;
@@ -87,9 +88,7 @@ public sealed class StartVMBackupCommand : VProtectCmdlet
         catch (Exception ex) { ThrowEngineError(ex, Repository); return; }
         var session = _session!.Client;
         var engine = new BackupEngine(
-            new CbtStrategy()
-            // , new XvaStrategy(...)   // XVA strategy: register here when feat/xvas lands (src/VProtect.Core/Backup/Xva/XvaStrategy.cs)
-            );
+new CbtStrategy(), new XvaStrategy());
         var targets = _targets.ToList();
         RunEngine(async (sink, ct) =>
         {
