@@ -11,9 +11,10 @@
     FormatsToProcess     = @('VProtect.PowerShell.Format.ps1xml', 'VProtect.PowerShell.Backup.Format.ps1xml')
     TypesToProcess       = @('VProtect.PowerShell.Types.ps1xml')
     CmdletsToExport      = @('Connect-XenPool', 'Disconnect-XenPool', 'Get-XenPoolVM', 'Start-XenSimulator', 'Stop-XenSimulator',
-                             'Start-VMBackup', 'Get-VMBackup', 'Restore-VMBackup', 'Get-XenNbd', 'Enable-XenNbd', 'Disable-XenNbd')
+                             'Start-VMBackup', 'Get-VMBackup', 'Restore-VMBackup', 'Get-XenNbd', 'Enable-XenNbd', 'Disable-XenNbd',
+                             'Get-ChangedBlock', 'Enable-XenCbt', 'Disable-XenCbt')
     FunctionsToExport    = @()
-    AliasesToExport      = @()
+    AliasesToExport      = @('Get-ChangedBlocks')
     VariablesToExport    = @()
     PrivateData          = @{
         PSData = @{
