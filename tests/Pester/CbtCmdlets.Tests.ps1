@@ -31,7 +31,8 @@ Describe 'Get-ChangedBlock' {
         $vm = Get-XenPoolVM -Name web-01
         $full = Start-VMBackup -VM web-01 -Repository $Repo
         Invoke-RestMethod -Method Post -Uri ([uri]::new($Control, "sim/vdi/$($vm.Disks[0].VdiUuid)/write?offset=$(1MB)&length=$(200KB)&seed=7")) | Out-Null
-        $inc = Start-VMBackup -VM web-01 -Repository $Repo -Type Incremental -NoFallback
+        # A second repository has no history, so the first backup's snapshot is not released and stays a valid base.
+        $inc = Start-VMBackup -VM web-01 -Repository (Join-Path $Repo 'second')
         $base = ($full.Disks | Where-Object Key -EQ $vm.Disks[0].VdiUuid).SnapshotVdi
         $new = ($inc.Disks | Where-Object Key -EQ $vm.Disks[0].VdiUuid).SnapshotVdi
         $ranges = @(Get-ChangedBlocks -VDI $new -BaseVDI $base)
