@@ -17,12 +17,38 @@ internal static class TestDataPlane
 {
     public static void InstallIfMissing(XenSimulator sim)
     {
-        var core = sim.Core;
-        if (sim.Routes.Find("GET", "/export") is null) sim.Routes.Add("GET", "/export", (x, ct) => ExportAsync(sim, x, null, ct));
-        if (sim.Routes.Find("GET", "/export_raw_vdi") is null) sim.Routes.Add("GET", "/export_raw_vdi", (x, ct) => ExportRawVdiAsync(sim, x, ct));
-        if (sim.Routes.Find("PUT", "/import") is null) sim.Routes.Add("PUT", "/import", (x, ct) => ImportAsync(sim, x, ct));
-        if (sim.Routes.Find("PUT", "/import_raw_vdi") is null) sim.Routes.Add("PUT", "/import_raw_vdi", (x, ct) => ImportRawVdiAsync(sim, x, ct));
-        _ = core;
+        // Prefix matching makes /export answer for /export_raw_vdi too, so the real plane is detected by its most specific route.
+        if (sim.Routes.Find("PUT", "/import_raw_vdi") is not null) return;
+        sim.Routes.Add("GET", "/export", (x, ct) => ExportAsync(sim, x, null, ct));
+        sim.Routes.Add("GET", "/export_raw_vdi", (x, ct) => ExportRawVdiAsync(sim, x, ct));
+        sim.Routes.Add("PUT", "/import", (x, ct) => ImportAsync(sim, x, ct));
+        sim.Routes.Add("PUT", "/import_raw_vdi", (x, ct) => ImportRawVdiAsync(sim, x, ct));
+    }
+
+    /// <summary>A write-through stream that hashes what the host sends.</summary>
+    public sealed class HashingStream(Stream inner) : Stream
+    {
+        private readonly System.Security.Cryptography.IncrementalHash _sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        public long Written { get; private set; }
+        public string Sha256() => Convert.ToHexString(_sha.GetCurrentHash()).ToLowerInvariant();
+        public override bool CanRead => false;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => Written; set => throw new NotSupportedException(); }
+        public override void Flush() => inner.Flush();
+        public override Task FlushAsync(CancellationToken ct) => inner.FlushAsync(ct);
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => WriteAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+        public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken ct = default)
+        {
+            _sha.AppendData(buffer.Span);
+            Written += buffer.Length;
+            await inner.WriteAsync(buffer, ct);
+        }
+        public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken ct) => WriteAsync(buffer.AsMemory(offset, count), ct).AsTask();
     }
 
     /// <summary>A write-through stream that flips the bits of the byte at <paramref name="position"/>.</summary>
