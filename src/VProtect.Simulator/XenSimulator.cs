@@ -104,6 +104,9 @@ public sealed class XenSimulator : IAsyncDisposable
             var rpc = new RpcEndpoint(core);
             rpc.AddRoutes(sim.Routes);
             rpc.AddRoutes(sim.MemberRoutes);
+            var dataPlane = new DataPlane.Http.HttpDataPlane(sim);
+            dataPlane.AddRoutes(sim.Routes);
+            dataPlane.AddRoutes(sim.MemberRoutes);
 
             var (http, memberHttp) = sim.ListenPair(master, options.HttpPort, null);
             sim.Url = new Uri($"http://{Host(master)}:{http.EndPoint.Port}/");
