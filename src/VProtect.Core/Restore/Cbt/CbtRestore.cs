@@ -9,7 +9,7 @@ namespace VProtect.Core.Restore.Cbt;
 /// <summary>
 /// Restores a CBT backup: recreates the VM from vm.json (VM.create with the fields Xen Orchestra's create sends,
 /// VDI.create, VBD.create, VIF.create) and writes each disk's merged chain in one pass (every stored block read once)
-/// through PUT /import_raw_vdi. MAC rule: if a VM with the backed-up uuid is still in the pool, the restore is a new
+/// through PUT /import_raw_vdi?format=raw&amp;chunked=true (only allocated extents travel). MAC rule: if a VM with the backed-up uuid is still in the pool, the restore is a new
 /// VM with new MACs; otherwise the original configuration comes back, MACs included. A failure removes everything
 /// the restore created; what cannot be removed is named in the error.
 /// </summary>
@@ -169,12 +169,17 @@ public sealed class CbtRestore : IRestoreStrategy
         return fields;
     }
 
+    /// <summary>
+    /// Streams the merged chain of one disk into a blank VDI with vhd-tool's chunked framing: only allocated
+    /// extents travel, each stored block is read once. Returns the bytes of disk data sent.
+    /// </summary>
     private static async Task<long> ImportDiskAsync(RestoreRun run, DiskManifest manifest, string vdiRef, CancellationToken ct)
     {
         using var source = run.Repository.OpenDisk(run.Point, manifest.Key);
-        await using var stream = new BlockSourceStream(source);
-        await run.Session.Http.ImportRawVdiAsync(vdiRef, stream, source.Length, "raw", new SyncProgress(run, manifest, source.Length), ct).ConfigureAwait(false);
-        return source.Length;
+        await using var body = await ChunkedExtentStream.CreateAsync(source, ct).ConfigureAwait(false);
+        var query = new Dictionary<string, string> { ["vdi"] = vdiRef, ["format"] = "raw", ["chunked"] = "true" };
+        await run.Session.Http.PutAsync("/import_raw_vdi", query, body, body.Length, new SyncProgress(run, manifest, body.Length), ct).ConfigureAwait(false);
+        return body.DataBytes;
     }
 
     private static async Task CreateVifsAsync(RestoreRun run, VmMetadata metadata, string vmRef, bool newMacs, CancellationToken ct)
