@@ -299,5 +299,16 @@ public sealed class XvaStrategyTests : IAsyncLifetime
         Assert.Equal(vmsBefore, VmCount()); // the snapshot was destroyed
     }
 
+    [Fact]
+    public async Task Purging_the_snapshot_data_is_refused_before_any_snapshot_is_taken()
+    {
+        int vmsBefore = VmCount();
+        var ex = await Assert.ThrowsAsync<ArgumentException>(() => _engine.RunAsync(_session, _repo, _vmRef,
+            new BackupOptions { Strategy = BackupStrategy.Xva, Type = BackupType.Full, PurgeSnapshotData = true }, _observer, Timeout()));
+        Assert.Contains("CBT strategy only", ex.Message);
+        Assert.Equal(vmsBefore, VmCount());
+        Assert.Empty(_repo.ListBackups(await VmUuidAsync()));
+    }
+
     private async Task<string> VmUuidAsync() => (await _session.GetRecordAsync<VmRecord>(_vmRef)).Uuid;
 }
