@@ -43,20 +43,25 @@ public sealed class XvaStrategyBenchmark : IBenchmark
             var engine = new BackupEngine(new XvaStrategy());
             var options = new BackupOptions { Strategy = BackupStrategy.Xva, Type = BackupType.Full };
 
-            // curl: the same kind of export (a snapshot of the VM), straight to a file.
+            // curl: the same kind of export (a snapshot of the VM), straight to a file; once before and once after our
+            // full, and the faster of the two is the baseline (the first run may pay for the scenario fill's writeback).
             string snapRef = await session.SnapshotVmAsync(vmRef, "curl baseline", null, null, cancellationToken);
             var snap = await session.GetRecordAsync<VProtect.Core.Xapi.Records.VmRecord>(snapRef, cancellationToken);
             string url = new Uri(sim.Url, $"export?uuid={snap.Uuid}&session_id={Uri.EscapeDataString(session.OpaqueRef)}").ToString();
-            double curlSeconds = await TimeProcessAsync("curl", ["-sSf", "-o", curlOut, url], cancellationToken);
+            double curlBefore = await TimeProcessAsync("curl", ["-sSf", "-o", curlOut, url], cancellationToken);
             long curlBytes = new FileInfo(curlOut).Length;
             File.Delete(curlOut);
-            await session.CallAsync("VM.destroy", [snapRef], cancellationToken);
 
             Sync();
             var sw = Stopwatch.StartNew();
             var full = await engine.RunAsync(session, repo, vmRef, options, NullBackupObserver.Instance, cancellationToken);
             double fullSeconds = sw.Elapsed.TotalSeconds;
             long fullBytes = full.Backup.StoredBytes;
+
+            double curlAfter = await TimeProcessAsync("curl", ["-sSf", "-o", curlOut, url], cancellationToken);
+            File.Delete(curlOut);
+            await session.CallAsync("VM.destroy", [snapRef], cancellationToken);
+            double curlSeconds = Math.Min(curlBefore, curlAfter);
 
             // 1 % of the disk changes: 1 MiB writes spread evenly.
             string vdiUuid = (await session.GetVmDisksAsync(vmRef, cancellationToken)).Single().Vdi.Uuid;
@@ -79,7 +84,7 @@ public sealed class XvaStrategyBenchmark : IBenchmark
             report.WriteLine();
             report.WriteLine("| Step | Seconds | Bytes | MiB/s of disk |");
             report.WriteLine("|---|---:|---:|---:|");
-            report.WriteLine(string.Format(ci, "| curl GET /export to a file | {0:F2} | {1} | {2:F0} |", curlSeconds, curlBytes, size / MiB / curlSeconds));
+            report.WriteLine(string.Format(ci, "| curl GET /export to a file (faster of 2; before {3:F2} s, after {4:F2} s) | {0:F2} | {1} | {2:F0} |", curlSeconds, curlBytes, size / MiB / curlSeconds, curlBefore, curlAfter));
             report.WriteLine(string.Format(ci, "| Full XVA backup (snapshot, export, chunk verify, SHA-256, commit) | {0:F2} | {1} | {2:F0} |", fullSeconds, fullBytes, size / MiB / fullSeconds));
             report.WriteLine(string.Format(ci, "| Incremental, 1 % changed ({0} MiB), VHD delta | {1:F2} | {2} | {3:F0} |", changed / MiB, incSeconds, inc.Backup.StoredBytes, size / MiB / incSeconds));
             report.WriteLine();
