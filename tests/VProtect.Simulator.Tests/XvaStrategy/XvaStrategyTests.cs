@@ -310,5 +310,24 @@ public sealed class XvaStrategyTests : IAsyncLifetime
         Assert.Empty(_repo.ListBackups(await VmUuidAsync()));
     }
 
+    [Fact]
+    public async Task A_restore_failing_after_the_import_removes_the_imported_vm_and_its_disks()
+    {
+        var disks = await SourceDisksAsync();
+        await BackupAsync(BackupType.Full);
+        await GuestWriteAsync(disks[0], 0, 1L << 20, 91);
+        var inc = await BackupAsync(BackupType.Incremental);
+        int vms = VmCount(), vdis = _sim.Core.Db.All("VDI").Count;
+        // The import succeeds, then naming the imported VM fails on the host.
+        _sim.Faults.AddMethodFault(new VProtect.Simulator.Faults.XapiMethodFault("VM.set_name_label", "INTERNAL_ERROR", ["injected"], 1));
+        var ex = await Assert.ThrowsAsync<XapiException>(() =>
+            _restore.RestoreAsync(_session, _repo, inc.Backup, new RestoreOptions { Name = "half" }, _observer, Timeout()));
+        Assert.Equal("INTERNAL_ERROR", ex.ErrorCode);
+        Assert.Equal(1, Volatile.Read(ref _importCalls));
+        Assert.Equal(vms, VmCount());
+        Assert.Equal(vdis, _sim.Core.Db.All("VDI").Count);
+        Assert.Empty(_observer.Warnings.Where(w => w.Contains("half-restored")));
+    }
+
     private async Task<string> VmUuidAsync() => (await _session.GetRecordAsync<VmRecord>(_vmRef)).Uuid;
 }
