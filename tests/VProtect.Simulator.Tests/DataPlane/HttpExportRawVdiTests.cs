@@ -185,7 +185,13 @@ public sealed class HttpExportRawVdiTests
     {
         await using var t = await TransferSim.StartAsync();
         var vdi = await t.VdiRefAsync("small-01 system");
-        t.Sim.Faults.AddDrop(new Faults.TransferDropFault(Faults.TransferChannel.Http, 1_000_000, 1));
+        // Through the control API, as tests and the demo inject it.
+        using (var control = new HttpClient())
+        {
+            using var resp = await control.PostAsync(new Uri(t.Sim.ControlUrl, "sim/faults"),
+                new StringContent("{\"drop\":\"http\",\"afterBytes\":1000000,\"count\":1}", Encoding.UTF8, "application/json"));
+            Assert.True(resp.IsSuccessStatusCode, await resp.Content.ReadAsStringAsync());
+        }
         var task = await t.NewTaskAsync();
         var r = await RawHttp.SendAsync(t.Sim.Url, "GET", $"/export_raw_vdi?session_id={t.Session}&vdi={vdi}&task_id={task}");
         Assert.Equal(200, r.Status);
@@ -211,6 +217,12 @@ public sealed class HttpExportRawVdiTests
         var served = await RawHttp.SendAsync(new Uri(r.Header("Location")!), "GET", target);
         Assert.Equal(200, served.Status);
         Assert.Equal(TransferSim.SecondDisk, served.Body.Length);
+        // A VM export whose disks live on that SR is forwarded the same way.
+        var export = $"/export?session_id={t.Session}&ref={await t.VmRefAsync("small-01")}";
+        var forwarded = await RawHttp.SendAsync(t.Sim.Url, "GET", export);
+        Assert.Equal(302, forwarded.Status);
+        Assert.Equal($"http://{XenSimulator.MemberAddress}:{t.Sim.Url.Port}{export}", forwarded.Header("Location"));
+        Assert.Equal("HTTP/1.0 200 OK", (await RawHttp.SendAsync(new Uri(forwarded.Header("Location")!), "GET", export)).StatusLine);
     }
 
     internal static int AllocatedBatEntries(byte[] vhd)

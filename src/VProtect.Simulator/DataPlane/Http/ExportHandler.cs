@@ -26,6 +26,9 @@ internal sealed class ExportHandler(HttpDataPlane plane)
         if (power is not ("Halted" or "Suspended"))
             throw new XapiError("VM_BAD_POWER_STATE", vm.Ref, "halted", power.ToLowerInvariant());
         var (metadata, disks) = BuildExport(vm, preservePowerState: scope.Request.QueryOrCookie("preserve_power_state") == "true");
+        // export.ml forwards to a host that sees the VM's SRs when this one does not.
+        foreach (var sr in disks.Select(d => plane.Core.Db.TryGetByUuid("VDI", d.Uuid)?.Str("SR")).OfType<string>().Distinct())
+            if (await plane.RedirectIfBetterHostAsync(scope, sr, ct).ConfigureAwait(false)) return;
         var compression = (scope.Request.QueryOrCookie("use_compression") ?? "").ToLowerInvariant() switch
         {
             "true" or "gzip" => XvaCompression.Gzip,
@@ -132,10 +135,17 @@ internal sealed class ExportHandler(HttpDataPlane plane)
             ProductVersion = host.Map("software_version").GetValueOrDefault("product_version") as string ?? "8.4.0",
             ProductBrand = host.Map("software_version").GetValueOrDefault("product_brand") as string ?? "XenServer",
             BuildNumber = host.Map("software_version").GetValueOrDefault("build_number") as string ?? "sim",
-            XapiMajor = host.Long("API_version_major"),
-            XapiMinor = host.Long("API_version_minor"),
+            // ova.xml carries the xapi software version (host.software_version "xapi", e.g. 24.19), not the API version.
+            XapiMajor = XapiVersionPart(host, 0),
+            XapiMinor = XapiVersionPart(host, 1),
         };
         return (builder.Build(version), disks.OrderBy(d => d.Id, StringComparer.Ordinal).ToList());
+    }
+
+    private static long XapiVersionPart(XapiObject host, int index)
+    {
+        var parts = (host.Map("software_version").GetValueOrDefault("xapi") as string ?? "24.19").Split('.');
+        return parts.Length > index && long.TryParse(parts[index], out var v) ? v : 0;
     }
 
     /// <summary>Reports on the writer's thread (Progress&lt;T&gt; would post to the thread pool).</summary>

@@ -109,7 +109,12 @@ internal sealed class TransferScope : IAsyncDisposable
 
     public void Succeed(object? result) => _core.Tasks.Succeed(Task, result);
 
-    public void Progress(double fraction) => _core.Tasks.SetProgress(Task.Ref, fraction);
+    /// <summary>Records progress; throws when the client cancelled the task (task.cancel), which ends the transfer.</summary>
+    public void Progress(double fraction)
+    {
+        if (_core.Tasks.IsCancelling(Task.Ref)) throw new OperationCanceledException($"Task {Task.Ref} was cancelled by the client.");
+        _core.Tasks.SetProgress(Task.Ref, fraction);
+    }
 
     /// <summary>The response body with the registry's HTTP faults applied (drop after B bytes, latency per write).</summary>
     public Stream FaultedResponse() => new FaultInjectingStream(Exchange.ResponseBody, _core.Faults, TransferChannel.Http);
