@@ -9,7 +9,7 @@ using VProtect.Core.Xapi.Records;
 namespace VProtect.Core.Backup.Cbt;
 
 /// <summary>
-/// The CBT strategy: a full reads each snapshot disk whole (NBD, or /export_raw_vdi when NBD is off), an incremental
+/// The CBT strategy: a full reads each snapshot disk's allocated blocks (/export_raw_vdi?format=vhd; NBD on request), an incremental
 /// reads only the blocks <c>VDI.list_changed_blocks</c> reports between the previous backup's snapshot VDI and this
 /// one's, over NBD. Each disk records its snapshot VDI uuid for the next run. Never a silent full: every reason an
 /// incremental is impossible is found and named, in PlanAsync where it can be seen before the snapshot, and in
@@ -28,8 +28,12 @@ public sealed class CbtStrategy : IBackupStrategy
 
     public BackupStrategy Kind => BackupStrategy.Cbt;
 
-    /// <summary>Prefer NBD when the host offers it (default); false forces /export_raw_vdi for fulls (benchmarks compare both).</summary>
-    public bool PreferNbd { get; init; } = true;
+    /// <summary>
+    /// Read fulls over NBD instead of /export_raw_vdi?format=vhd. Off by default: xapi-nbd does not offer
+    /// base:allocation, so over NBD a full reads every byte of the disk, zeros included, while the VHD export moves
+    /// only the allocated blocks (a 100 GiB disk with 2 GiB written moves about 2 GiB). Incrementals always use NBD.
+    /// </summary>
+    public bool FullsOverNbd { get; init; }
 
     public async Task<BackupPlan> PlanAsync(BackupRun run, CancellationToken ct)
     {
@@ -137,7 +141,7 @@ public sealed class CbtStrategy : IBackupStrategy
             }
             else
             {
-                var endpoints = PreferNbd ? await NbdEndpoint.GetAsync(run.Session, snap.OpaqueRef, ct).ConfigureAwait(false) : Array.Empty<NbdEndpoint>();
+                var endpoints = FullsOverNbd ? await NbdEndpoint.GetAsync(run.Session, snap.OpaqueRef, ct).ConfigureAwait(false) : Array.Empty<NbdEndpoint>();
                 var whole = new[] { new Extent(0, snap.VirtualSize) };
                 if (endpoints.Count > 0 && await TryReadOverNbdAsync(run, disk, snap, whole, diskWriter, ct).ConfigureAwait(false))
                 {
