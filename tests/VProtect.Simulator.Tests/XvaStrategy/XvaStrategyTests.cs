@@ -300,6 +300,20 @@ public sealed class XvaStrategyTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task An_export_cut_short_by_the_host_fails_the_backup_and_commits_nothing()
+    {
+        // The real data plane drops the connection 5 MiB into the XVA (the stand-in has no faults: this needs the real one).
+        _sim.Faults.AddDrop(new VProtect.Simulator.Faults.TransferDropFault(VProtect.Simulator.Faults.TransferChannel.Http, 5L << 20, 1));
+        int vmsBefore = VmCount();
+        var ex = await Record.ExceptionAsync(() => BackupAsync(BackupType.Full));
+        Assert.NotNull(ex);
+        Assert.True(ex is XvaBackupException or XapiException or XapiConnectionException or IOException, ex.ToString());
+        Assert.Empty(_repo.ListBackups(await VmUuidAsync()));
+        Assert.Equal(vmsBefore, VmCount());
+        Assert.Empty(Directory.GetDirectories(_repoPath, "*", SearchOption.AllDirectories).Where(d => Path.GetFileName(d).StartsWith('.')));
+    }
+
+    [Fact]
     public async Task Purging_the_snapshot_data_is_refused_before_any_snapshot_is_taken()
     {
         int vmsBefore = VmCount();
