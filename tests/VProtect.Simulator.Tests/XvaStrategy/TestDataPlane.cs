@@ -8,10 +8,10 @@ using VProtect.Simulator.Xapi;
 namespace VProtect.Simulator.Tests.XvaStrategy;
 
 /// <summary>
-/// A stand-in for the simulator's HTTP data plane (/export, /export_raw_vdi with base, /import, /import_raw_vdi) until
-/// feat/dp-http lands: built from the project's own XVA and VHD writers/readers over the simulator's storage, with the
-/// task_id protocol of xapi (the task carries the result or the error). Installed only where the simulator has no such
-/// route, so the real handlers take over once they exist.
+/// A stand-in for the simulator's HTTP data plane (/export, /export_raw_vdi with base, /import, /import_raw_vdi),
+/// built from the project's own XVA and VHD writers/readers over the simulator's storage with xapi's task_id protocol.
+/// The real handlers (DataPlane/Http) now exist, so <see cref="InstallIfMissing"/> does nothing; what remains in use is
+/// <see cref="Export"/>, for the two tests that must see or damage the exact bytes the host sends.
 /// </summary>
 internal static class TestDataPlane
 {
