@@ -30,6 +30,8 @@ public sealed class XvaStrategy : IBackupStrategy
 
     public async Task<BackupPlan> PlanAsync(BackupRun run, CancellationToken ct)
     {
+        if (run.Options.PurgeSnapshotData)
+            throw new ArgumentException("The XVA strategy's incrementals are computed from the full's snapshot data, so it cannot be purged; -PurgeSnapshotData applies to the CBT strategy only.");
         if (run.Options.Type == BackupType.Full) return BackupPlan.Full();
         var full = run.History.LastOrDefault(b => b.Type == BackupType.Full);
         if (full is null) return BackupPlan.Full("there is no previous XVA full backup of this VM in the repository.");
@@ -43,8 +45,11 @@ public sealed class XvaStrategy : IBackupStrategy
                 return BackupPlan.Full($"disk {disk.Device} ({disk.Key}) was added since the full backup {full.Id}.");
             if (recorded.VirtualSize != disk.Vdi.VirtualSize)
                 return BackupPlan.Full($"disk {disk.Device} ({disk.Key}) was resized from {recorded.VirtualSize} to {disk.Vdi.VirtualSize} bytes since the full backup {full.Id}.");
-            if (!await ExistsAsync(run.Session, "VDI", recorded.SnapshotVdiUuid, ct).ConfigureAwait(false))
+            var baseVdi = await TryGetVdiAsync(run.Session, recorded.SnapshotVdiUuid, ct).ConfigureAwait(false);
+            if (baseVdi is null)
                 return BackupPlan.Full($"the snapshot disk {recorded.SnapshotVdiUuid} of the full backup {full.Id} (disk {disk.Device}) is no longer on the host.");
+            if (baseVdi.Type == "cbt_metadata")
+                return BackupPlan.Full($"the data of the snapshot disk {recorded.SnapshotVdiUuid} of the full backup {full.Id} was destroyed (-PurgeSnapshotData); a VHD delta needs it.");
         }
         var removed = fullDisks.Keys.Except(run.Disks.Select(d => d.Key)).ToList();
         if (removed.Count > 0)
@@ -148,6 +153,12 @@ public sealed class XvaStrategy : IBackupStrategy
             return true;
         }
         catch (XapiException ex) when (ex.ErrorCode is "UUID_INVALID" or "HANDLE_INVALID") { return false; }
+    }
+
+    private static async Task<VdiRecord?> TryGetVdiAsync(XapiSession session, string uuid, CancellationToken ct)
+    {
+        try { return await session.GetRecordByUuidAsync<VdiRecord>(uuid, ct).ConfigureAwait(false); }
+        catch (XapiException ex) when (ex.ErrorCode is "UUID_INVALID" or "HANDLE_INVALID") { return null; }
     }
 
     /// <summary>Reports on the calling thread (Progress&lt;T&gt; would post to a captured context).</summary>
