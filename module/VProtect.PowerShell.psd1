@@ -8,9 +8,11 @@
     Description          = 'Backup and restore of Citrix Hypervisor / XenServer / XCP-ng VMs: XVA and CBT strategies, a user-space NBD client, and a bundled XenServer simulator.'
     CompatiblePSEditions = @('Core')
     PowerShellVersion    = '7.4'
-    FormatsToProcess     = @('VProtect.PowerShell.Format.ps1xml')
+    FormatsToProcess     = @('VProtect.PowerShell.Format.ps1xml', 'VProtect.PowerShell.Lifecycle.Format.ps1xml')
     TypesToProcess       = @('VProtect.PowerShell.Types.ps1xml')
-    CmdletsToExport      = @('Connect-XenPool', 'Disconnect-XenPool', 'Get-XenPoolVM', 'Start-XenSimulator', 'Stop-XenSimulator')
+    CmdletsToExport      = @('Connect-XenPool', 'Disconnect-XenPool', 'Get-XenPoolVM', 'Start-XenSimulator', 'Stop-XenSimulator',
+                            'Get-VMBackupChain', 'Test-VMBackup', 'Mount-VMBackup', 'Dismount-VMBackup', 'Export-VMBackup',
+                            'Get-VMBackupSnapshot', 'Remove-VMBackupSnapshot')
     FunctionsToExport    = @()
     AliasesToExport      = @()
     VariablesToExport    = @()

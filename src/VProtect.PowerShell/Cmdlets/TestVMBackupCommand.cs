@@ -1,0 +1,82 @@
+using System.Management.Automation;
+using VProtect.Core.Formats;
+using VProtect.Core.Lifecycle;
+using VProtect.Core.Repository;
+using VProtect.PowerShell.Infrastructure;
+using VProtect.PowerShell.Lifecycle;
+
+namespace VProtect.PowerShell.Cmdlets;
+
+/// <summary>
+/// Test-VMBackup: checks restore points without the hypervisor (every block hash, every file checksum, XVA chunk
+/// checksums, VHD structure, chain completeness, metadata) and writes one result per restore point.
+/// </summary>
+[Cmdlet(VerbsDiagnostic.Test, "VMBackup", DefaultParameterSetName = ByBackupSet)]
+[OutputType(typeof(VMBackupTestResult))]
+public sealed class TestVMBackupCommand : VProtectCmdlet
+{
+    private const string ByBackupSet = "ByBackup";
+    private const string ByRepositorySet = "ByRepository";
+
+    [Parameter(ParameterSetName = ByBackupSet, Mandatory = true, Position = 0, ValueFromPipeline = true)]
+    [ValidateNotNull]
+    public object[] Backup { get; set; } = Array.Empty<object>();
+
+    [Parameter(ParameterSetName = ByRepositorySet, Mandatory = true)]
+    [ValidateNotNullOrEmpty]
+    public string Repository { get; set; } = "";
+
+    [Parameter(ParameterSetName = ByRepositorySet, Position = 0)]
+    [SupportsWildcards]
+    public string[]? VM { get; set; }
+
+    /// <summary>Only the newest restore point of each chain (with everything it depends on).</summary>
+    [Parameter(ParameterSetName = ByRepositorySet)]
+    public SwitchParameter Latest { get; set; }
+
+    private readonly Dictionary<string, BackupVerifier> _verifiers = new(StringComparer.Ordinal);
+
+    protected override void ProcessRecord()
+    {
+        var backups = new List<VMBackup>();
+        if (ParameterSetName == ByRepositorySet)
+        {
+            BackupRepository repository;
+            try { repository = BackupRepository.Open(GetUnresolvedProviderPathFromPSPath(Repository)); }
+            catch (Exception ex) when (ex is RepositoryException or BackupFormatException) { ThrowTerminatingError(BackupResolver.Error(ex, Repository)); return; }
+            var problems = new List<BackupFormatException>();
+            var all = repository.ListBackups(null, problems).Where(b => BackupResolver.Matches(b, VM)).ToList();
+            foreach (var p in problems) WriteWarning($"An unreadable backup folder: {p.Message}");
+            if (Latest) all = BackupChains.Get(repository).Where(c => BackupResolver.Matches(c.Newest, VM)).Select(c => c.Newest).ToList();
+            backups.AddRange(all.Select(b => new VMBackup(repository, b)));
+        }
+        else
+        {
+            foreach (var item in Backup)
+            {
+                try { backups.Add(BackupResolver.Resolve(item)); }
+                catch (Exception ex) when (ex is ArgumentException or ItemNotFoundException or RepositoryException or BackupFormatException)
+                {
+                    WriteError(BackupResolver.Error(ex, item));
+                }
+            }
+        }
+        foreach (var backup in backups)
+        {
+            if (!_verifiers.TryGetValue(backup.RepositoryPath, out var verifier))
+                _verifiers[backup.RepositoryPath] = verifier = new BackupVerifier(backup.Repository);
+            VMBackupTestResult? result = null;
+            bool ok = TryRunEngine(async (sink, ct) =>
+            {
+                var progress = new Progress<Core.IO.TransferProgress>();
+                var verification = await verifier.VerifyAsync(backup.Manifest, ct).ConfigureAwait(false);
+                result = new VMBackupTestResult(backup, verification);
+            }, backup);
+            if (!ok || result is null) continue;
+            foreach (var problem in result.Problems)
+                WriteWarning($"{backup.VM} {backup.Id}: {problem}");
+            WriteVerbose($"{backup.VM} {backup.Id}: {result.Status}, {result.BlocksChecked} blocks, {result.BytesChecked} bytes checked in {result.Duration.TotalSeconds:N1} s.");
+            WriteObject(result);
+        }
+    }
+}
