@@ -12,7 +12,7 @@
     TypesToProcess       = @('VProtect.PowerShell.Types.ps1xml')
     CmdletsToExport      = @('Connect-XenPool', 'Disconnect-XenPool', 'Get-XenPoolVM', 'Start-XenSimulator', 'Stop-XenSimulator',
                             'Get-VMBackupChain', 'Test-VMBackup', 'Mount-VMBackup', 'Dismount-VMBackup', 'Export-VMBackup',
-                            'Get-VMBackupSnapshot', 'Remove-VMBackupSnapshot')
+                            'Get-VMBackupSnapshot', 'Remove-VMBackupSnapshot', 'Remove-VMBackup')
     FunctionsToExport    = @()
     AliasesToExport      = @()
     VariablesToExport    = @()

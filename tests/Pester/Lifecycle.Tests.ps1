@@ -3,61 +3,7 @@
 # and Export-VMBackup. The expected disk content is a model built independently of the repository reader.
 BeforeAll {
     Import-Module $env:VPROTECT_MODULE_PATH -Force
-    $script:Vm = '5b0c1d2e-3f4a-4b5c-8d6e-7f8091a2b3c4'
-    $script:Size = 8MB
-    $script:None = [Threading.CancellationToken]::None
-
-    function script:New-Model { , [byte[]]::new($Size) }
-
-    function script:Write-CbtBackup {
-        param($Repo, [string] $Type, [string] $BaseId, $Ranges, [byte[]] $Model)
-        $lock = $Repo.LockChainAsync($Vm, [timespan]::FromSeconds(10), $None).GetAwaiter().GetResult()
-        $writer = $null
-        try {
-            $manifest = [VProtect.Core.Repository.BackupManifest]::new()
-            $manifest.VmUuid = $Vm; $manifest.VmName = 'web01'; $manifest.Strategy = 'Cbt'; $manifest.Type = $Type; if ($BaseId) { $manifest.BaseId = $BaseId }
-            $writer = $Repo.BeginBackup($lock, $manifest)
-            $disk = [VProtect.Core.Repository.DiskManifest]::new()
-            $disk.Key = 'disk0'; $disk.Device = 'xvda'; $disk.VirtualSize = $Size
-            $dw = $writer.AddDisk($disk)
-            foreach ($r in $Ranges) {
-                [Array]::Copy($r.Data, 0, $Model, $r.Offset, $r.Data.Length)
-                $dw.WriteAsync($r.Offset, [ReadOnlyMemory[byte]]::new($r.Data), $None).AsTask().GetAwaiter().GetResult()
-            }
-            $dw.CompleteAsync($None).AsTask().GetAwaiter().GetResult()
-            $writer.WriteVmMetadataAsync(@{ formatVersion = 1; vmUuid = $Vm; vmName = 'web01' }, $None).GetAwaiter().GetResult()
-            $writer.CommitAsync($None).GetAwaiter().GetResult()
-        }
-        finally {
-            if ($writer) { $writer.DisposeAsync().AsTask().GetAwaiter().GetResult() }
-            $lock.Dispose()
-        }
-    }
-
-    function script:New-Ranges([int] $Seed, [int] $Count, [int] $Length) {
-        $rng = [Random]::new($Seed)
-        $offsets = 0..($Size / $Length - 1) | Sort-Object { $rng.Next() } | Select-Object -First $Count | Sort-Object
-        foreach ($o in $offsets) {
-            $data = [byte[]]::new($Length); $rng.NextBytes($data)
-            [pscustomobject]@{ Offset = [long]$o * $Length; Data = $data }
-        }
-    }
-
-    function script:Get-Sha([byte[]] $Bytes) { [Convert]::ToHexString([Security.Cryptography.SHA256]::HashData($Bytes)) }
-
-    function script:New-Repository {
-        $root = Join-Path $TestDrive ([guid]::NewGuid().ToString('n'))
-        $repo = [VProtect.Core.Repository.BackupRepository]::Open($root, $true)
-        $model = New-Model
-        $expected = [ordered]@{}
-        $m = Write-CbtBackup $repo 'Full' $null (New-Ranges 1 40 128KB) $model
-        $expected[$m.Id] = Get-Sha $model
-        foreach ($i in 1..3) {
-            $m = Write-CbtBackup $repo 'Incremental' $m.Id (New-Ranges (10 + $i) 12 64KB) $model
-            $expected[$m.Id] = Get-Sha $model
-        }
-        [pscustomobject]@{ Root = $root; Repo = $repo; Expected = $expected; Model = $model }
-    }
+    . (Join-Path $PSScriptRoot 'LifecycleHelpers.ps1')
 }
 
 Describe 'Get-VMBackupChain' {
