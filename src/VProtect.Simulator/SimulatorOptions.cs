@@ -8,8 +8,10 @@ public sealed class SimulatorOptions
     public int HttpPort { get; set; } = 0;
     /// <summary>null = no HTTPS listener.</summary>
     public int? HttpsPort { get; set; } = 0;
-    /// <summary>Reported by VDI.get_nbd_info; the NBD server itself arrives with the data plane.</summary>
+    /// <summary>Port of the simulated xapi-nbd on every host address (reported by VDI.get_nbd_info).</summary>
     public int NbdPort { get; set; } = 0;
+    /// <summary>How long an NBD connect spends plugging the VDI into dom0 (xapi-nbd connects are slow).</summary>
+    public TimeSpan NbdAttachDelay { get; set; } = TimeSpan.FromMilliseconds(100);
     public string User { get; set; } = "root";
     /// <summary>null = a random password (read it back from <see cref="XenSimulator.Password"/>).</summary>
     public string? Password { get; set; }

@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using VProtect.Simulator.Control;
+using VProtect.Simulator.DataPlane.Nbd;
 using VProtect.Simulator.Database;
 using VProtect.Simulator.Faults;
 using VProtect.Simulator.Http;
@@ -29,6 +30,7 @@ public sealed class XenSimulator : IAsyncDisposable
     private readonly string? _tempDirectory;
     private readonly string? _stateDirectory;
     private int _stopped;
+    private XapiNbdService? _nbd;
 
     private XenSimulator(SimulatorCore core, string? tempDirectory, string? stateDirectory)
     {
@@ -56,6 +58,8 @@ public sealed class XenSimulator : IAsyncDisposable
     public ScenarioSettings Settings => _core.Settings;
 
     internal SimulatorCore Core => _core;
+    /// <summary>The simulated xapi-nbd listeners (null before start).</summary>
+    internal XapiNbdService? Nbd => _nbd;
 
     /// <summary>Content of a VDI by uuid, as the shared block-device abstractions (writes mark CBT like guest writes).</summary>
     public VdiDisk OpenVdi(string vdiUuid)
@@ -104,6 +108,9 @@ public sealed class XenSimulator : IAsyncDisposable
             var rpc = new RpcEndpoint(core);
             rpc.AddRoutes(sim.Routes);
             rpc.AddRoutes(sim.MemberRoutes);
+            var dataPlane = new DataPlane.Http.HttpDataPlane(sim);
+            dataPlane.AddRoutes(sim.Routes);
+            dataPlane.AddRoutes(sim.MemberRoutes);
 
             var (http, memberHttp) = sim.ListenPair(master, options.HttpPort, null);
             sim.Url = new Uri($"http://{Host(master)}:{http.EndPoint.Port}/");
@@ -114,6 +121,8 @@ public sealed class XenSimulator : IAsyncDisposable
                 sim.HttpsUrl = new Uri($"https://{Host(master)}:{https.EndPoint.Port}/");
             }
             core.NbdPort = options.NbdPort != 0 ? options.NbdPort : FreePort(master);
+            sim._nbd = await XapiNbdService.StartAsync(core, core.NbdPort, portIsFixed: options.NbdPort != 0, options.NbdAttachDelay).ConfigureAwait(false);
+            core.NbdPort = sim._nbd.Port;
 
             var controlRoutes = new RouteTable();
             new ControlApi(sim).AddRoutes(controlRoutes);
@@ -205,6 +214,7 @@ public sealed class XenSimulator : IAsyncDisposable
     public async Task StopAsync()
     {
         if (Interlocked.Exchange(ref _stopped, 1) != 0) return;
+        if (_nbd is not null) await _nbd.DisposeAsync().ConfigureAwait(false);
         foreach (var s in _servers) await s.DisposeAsync().ConfigureAwait(false);
         _servers.Clear();
         SaveState();

@@ -43,7 +43,7 @@ public sealed class ExportVMBackupCommand : VProtectCmdlet
         bool ok = TryRunEngine(async (sink, ct) =>
         {
             var progress = new SinkProgress(sink, $"Exporting {backup.VM} {backup.Id}");
-            files = await RestorePointExport.ExportAsync(backup.Repository, backup.Manifest, destination, Format, Disk, progress, ct).ConfigureAwait(false);
+            files = await RestorePointExport.ExportAsync(backup.RepositoryOf(), backup.Manifest, destination, Format, Disk, progress, ct).ConfigureAwait(false);
             progress.Complete();
         }, backup);
         if (!ok || files is null) return;

@@ -36,7 +36,7 @@ public sealed class MountVMBackupCommand : PSCmdlet
         {
             var backup = BackupResolver.Resolve(Backup);
             string? socket = ParameterSetName == UnixSet ? GetUnresolvedProviderPathFromPSPath(UnixSocket) : null;
-            var mount = BackupMount.Start(backup.Repository, backup.Manifest, Disk, Port, socket);
+            var mount = BackupMount.Start(backup.RepositoryOf(), backup.Manifest, Disk, Port, socket);
             var m = MountRegistry.Add(backup, mount);
             WriteVerbose($"Serving {backup.VM} {backup.Id} at {string.Join(", ", m.Uris.Values)} until Dismount-VMBackup -Id {m.Id}.");
             WriteObject(m);

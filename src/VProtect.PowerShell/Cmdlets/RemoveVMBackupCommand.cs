@@ -68,7 +68,7 @@ public sealed class RemoveVMBackupCommand : VProtectCmdlet
         {
             foreach (var group in _given.GroupBy(b => (b.RepositoryPath, b.VmUuid)))
             {
-                var repository = group.First().Repository;
+                var repository = group.First().RepositoryOf();
                 var ids = group.Select(b => b.Id).Distinct().ToList();
                 Apply(repository, group.Key.VmUuid, group.First().VM, () => BackupRemover.PlanRemoval(repository, group.Key.VmUuid, ids));
             }

@@ -48,7 +48,7 @@ public sealed class TestVMBackupCommand : VProtectCmdlet
             var all = repository.ListBackups(null, problems).Where(b => BackupResolver.Matches(b, VM)).ToList();
             foreach (var p in problems) WriteWarning($"An unreadable backup folder: {p.Message}");
             if (Latest) all = BackupChains.Get(repository).Where(c => BackupResolver.Matches(c.Newest, VM)).Select(c => c.Newest).ToList();
-            backups.AddRange(all.Select(b => new VMBackup(repository, b)));
+            backups.AddRange(all.Select(b => VMBackup.From(repository, b)));
         }
         else
         {
@@ -64,7 +64,7 @@ public sealed class TestVMBackupCommand : VProtectCmdlet
         foreach (var backup in backups)
         {
             if (!_verifiers.TryGetValue(backup.RepositoryPath, out var verifier))
-                _verifiers[backup.RepositoryPath] = verifier = new BackupVerifier(backup.Repository);
+                _verifiers[backup.RepositoryPath] = verifier = new BackupVerifier(backup.RepositoryOf());
             VMBackupTestResult? result = null;
             bool ok = TryRunEngine(async (sink, ct) =>
             {

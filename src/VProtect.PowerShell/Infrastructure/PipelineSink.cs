@@ -36,6 +36,22 @@ public sealed class PipelineSink
     public void WriteError(ErrorRecord record) => Enqueue(c => c.WriteError(record));
 
     /// <summary>
+    /// Runs <paramref name="action"/> on the pipeline thread (script blocks must run there) and completes when it
+    /// has run; its exception faults the task.
+    /// </summary>
+    public Task InvokeAsync(Action<Cmdlet> action)
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Enqueue(c =>
+        {
+            try { action(c); done.TrySetResult(); }
+            catch (Exception ex) { done.TrySetException(ex); }
+        });
+        if (_queue.IsAddingCompleted) done.TrySetCanceled();
+        return done.Task;
+    }
+
+    /// <summary>
     /// Throttled per activity: the first record, every Completed record and records at least
     /// <see cref="ProgressInterval"/> after the previous one pass; the rest are dropped.
     /// </summary>

@@ -9,6 +9,9 @@ internal static class BackupResolver
     public const string RepositoryError = "BackupRepositoryError";
     public const string BackupNotFound = "VMBackupNotFound";
 
+    /// <summary>The repository a backup object lives in (VMBackup carries its path).</summary>
+    public static BackupRepository RepositoryOf(this VMBackup backup) => BackupRepository.Open(backup.RepositoryPath);
+
     public static VMBackup Resolve(object input)
     {
         object value = input is PSObject p ? p.BaseObject : input;
@@ -26,7 +29,7 @@ internal static class BackupResolver
             throw new ArgumentException($"'{input}' is not a backup: pass objects from Get-VMBackupChain (RestorePoints) or Start-VMBackup, or use -Repository with -VM.");
         var repository = BackupRepository.Open(repositoryPath);
         var manifest = repository.FindBackup(id) ?? throw new ItemNotFoundException($"Backup {id} is not in the repository {repository.RootPath} (any more). Run Get-VMBackupChain -Repository '{repository.RootPath}' to list what is there.");
-        return new VMBackup(repository, manifest);
+        return VMBackup.From(repository, manifest);
     }
 
     /// <summary>The backups of the VMs named (names or uuids, wildcards allowed) or of every VM.</summary>

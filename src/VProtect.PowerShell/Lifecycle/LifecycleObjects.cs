@@ -3,44 +3,14 @@ using VProtect.Core.Repository;
 
 namespace VProtect.PowerShell;
 
-/// <summary>One backup (a restore point) in a repository, as the lifecycle cmdlets write and take it.</summary>
-public sealed class VMBackup
-{
-    internal VMBackup(BackupRepository repository, BackupManifest manifest)
-    {
-        Repository = repository;
-        Manifest = manifest;
-    }
-
-    internal BackupRepository Repository { get; }
-    internal BackupManifest Manifest { get; }
-
-    public string Id => Manifest.Id;
-    public string VM => Manifest.VmName;
-    public string VmUuid => Manifest.VmUuid;
-    public BackupStrategy Strategy => Manifest.Strategy;
-    public BackupType Type => Manifest.Type;
-    public string? BaseId => Manifest.BaseId;
-    public DateTime Created => Manifest.CreatedUtc.UtcDateTime;
-    public long Size => Manifest.StoredBytes;
-    public int DiskCount => Manifest.Strategy == BackupStrategy.Cbt ? Manifest.Disks.Count : Math.Max(1, Manifest.Files.Count(f => f.Kind is "vhd" or "xva"));
-    public string[] Disks => Manifest.Disks.Select(d => d.Key).Concat(Manifest.Files.Where(f => f.DiskKey is not null).Select(f => f.DiskKey!)).ToArray();
-    public string? FullReason => Manifest.FullReason;
-    public string? SnapshotUuid => Manifest.SnapshotUuid;
-    public string RepositoryPath => Repository.RootPath;
-    public string Path => Repository.GetBackupFolder(Manifest);
-
-    public override string ToString() => $"{VM} {Type} {Id}";
-}
-
 /// <summary>A chain: a full and the incrementals that depend on it.</summary>
 public sealed class VMBackupChain
 {
     internal VMBackupChain(BackupRepository repository, BackupChain chain)
     {
         Chain = chain;
-        Full = chain.Full is null ? null : new VMBackup(repository, chain.Full);
-        Incrementals = chain.Incrementals.Select(b => new VMBackup(repository, b)).ToArray();
+        Full = chain.Full is null ? null : VMBackup.From(repository, chain.Full);
+        Incrementals = chain.Incrementals.Select(b => VMBackup.From(repository, b)).ToArray();
         RepositoryPath = repository.RootPath;
     }
 
@@ -90,8 +60,8 @@ public sealed class VMBackupTestResult
     public VMBackup Backup { get; }
     public string BackupId => Backup.Id;
     public string VM => Backup.VM;
-    public BackupType Type => Backup.Type;
-    public DateTime Created => Backup.Created;
+    public string Type => Backup.Type;
+    public DateTimeOffset CreatedUtc => Backup.CreatedUtc;
     /// <summary>Healthy, Damaged or BrokenChain; with -Restore, RestoreFailed when the test restore did not match.</summary>
     public string Status => RestoreProblems.Count > 0 && Verification.Status == VerificationStatus.Healthy ? "RestoreFailed" : Verification.Status.ToString();
     public bool IsHealthy => Status == nameof(VerificationStatus.Healthy);

@@ -178,7 +178,9 @@ internal sealed class ControlApi
                         faults.AddDrop(new TransferDropFault(Channel((string)d!), body["afterBytes"]?.GetValue<long>() ?? 0, count));
                     else if (body["latency"] is { } l)
                         faults.SetLatency(Channel((string)l!), body["ms"]?.GetValue<int>() ?? 0);
-                    else throw new JsonException("Give one of: method (+error, params, count); drop (http|nbd, afterBytes, count); latency (http|nbd, ms).");
+                    else if (body["readError"] is { } r)
+                        faults.AddReadError(new ReadErrorFault(Channel((string)r!), body["offset"]?.GetValue<long>() ?? 0, count));
+                    else throw new JsonException("Give one of: method (+error, params, count); drop (http|nbd, afterBytes, count); latency (http|nbd, ms); readError (http|nbd, offset, count).");
                 }
                 catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException or ArgumentException)
                 {

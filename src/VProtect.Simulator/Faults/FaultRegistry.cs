@@ -11,6 +11,9 @@ public sealed record XapiMethodFault(string Method, string Code, string[] Parame
 /// <summary>Drop the next <paramref name="Count"/> transfers on <paramref name="Channel"/> after <paramref name="AfterBytes"/> bytes.</summary>
 public sealed record TransferDropFault(TransferChannel Channel, long AfterBytes, int Count);
 
+/// <summary>Fail the next <paramref name="Count"/> reads on <paramref name="Channel"/> whose range covers byte <paramref name="Offset"/> (an I/O error, never zeros).</summary>
+public sealed record ReadErrorFault(TransferChannel Channel, long Offset, int Count);
+
 /// <summary>
 /// Faults injected through the control API (POST /sim/faults). The XAPI dispatcher consumes method faults;
 /// the data plane (HTTP transfer handlers, NBD server) asks <see cref="TakeDrop"/> per transfer and
@@ -22,14 +25,16 @@ public sealed class FaultRegistry
     private readonly List<XapiMethodFault> _methods = new();
     private readonly List<TransferDropFault> _drops = new();
     private readonly Dictionary<TransferChannel, int> _latency = new();
+    private readonly List<ReadErrorFault> _readErrors = new();
 
     public void AddMethodFault(XapiMethodFault fault) { lock (_gate) _methods.Add(fault); }
     public void AddDrop(TransferDropFault fault) { lock (_gate) _drops.Add(fault); }
+    public void AddReadError(ReadErrorFault fault) { lock (_gate) _readErrors.Add(fault); }
     public void SetLatency(TransferChannel channel, int milliseconds) { lock (_gate) _latency[channel] = Math.Max(0, milliseconds); }
 
     public void Clear()
     {
-        lock (_gate) { _methods.Clear(); _drops.Clear(); _latency.Clear(); }
+        lock (_gate) { _methods.Clear(); _drops.Clear(); _latency.Clear(); _readErrors.Clear(); }
     }
 
     /// <summary>Milliseconds to add per NBD request or HTTP chunk; 0 when none.</summary>
@@ -48,6 +53,19 @@ public sealed class FaultRegistry
         }
     }
 
+    /// <summary>True when a read of [offset, offset+length) on <paramref name="channel"/> must fail; consumes one use.</summary>
+    public bool TakeReadError(TransferChannel channel, long offset, long length)
+    {
+        lock (_gate)
+        {
+            int i = _readErrors.FindIndex(f => f.Channel == channel && f.Count > 0 && f.Offset >= offset && f.Offset < offset + length);
+            if (i < 0) return false;
+            var f = _readErrors[i];
+            if (f.Count == 1) _readErrors.RemoveAt(i); else _readErrors[i] = f with { Count = f.Count - 1 };
+            return true;
+        }
+    }
+
     internal void ThrowIfXapiFault(string method)
     {
         XapiMethodFault? hit = null;
@@ -63,6 +81,6 @@ public sealed class FaultRegistry
 
     public object Describe()
     {
-        lock (_gate) return new { methods = _methods.ToArray(), drops = _drops.ToArray(), latency = _latency.ToDictionary(kv => kv.Key.ToString().ToLowerInvariant(), kv => kv.Value) };
+        lock (_gate) return new { methods = _methods.ToArray(), drops = _drops.ToArray(), latency = _latency.ToDictionary(kv => kv.Key.ToString().ToLowerInvariant(), kv => kv.Value), readErrors = _readErrors.ToArray() };
     }
 }

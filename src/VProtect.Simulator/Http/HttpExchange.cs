@@ -64,6 +64,8 @@ public sealed class HttpExchange
     /// <summary>Whether the connection stays open after this exchange; set false to close it.</summary>
     public bool KeepAlive { get; set; }
     public bool HeadWritten { get; private set; }
+    /// <summary>Forces the status line's version (xapi answers /export with HTTP/1.0 whatever the request said).</summary>
+    public string? ResponseVersion { get; set; }
     /// <summary>The raw connection, for streaming bodies after <see cref="WriteHeadAsync"/>.</summary>
     public Stream ResponseBody => HeadWritten ? _connection : throw new InvalidOperationException("Write the status line and headers first.");
 
@@ -71,7 +73,7 @@ public sealed class HttpExchange
     {
         if (HeadWritten) throw new InvalidOperationException("The response head was already written.");
         var sb = new StringBuilder();
-        sb.Append(Request.Version == "HTTP/1.0" ? "HTTP/1.0 " : "HTTP/1.1 ").Append(status).Append(' ').Append(reason).Append("\r\n");
+        sb.Append(ResponseVersion is { } forced ? forced + " " : Request.Version == "HTTP/1.0" ? "HTTP/1.0 " : "HTTP/1.1 ").Append(status).Append(' ').Append(reason).Append("\r\n");
         bool hasLength = false;
         foreach (var (k, v) in headers)
         {
