@@ -34,7 +34,20 @@ public sealed class TestVMBackupCommand : VProtectCmdlet
     [Parameter(ParameterSetName = ByRepositorySet)]
     public SwitchParameter Latest { get; set; }
 
+    /// <summary>Also restore each point into the pool as a new VM, compare every disk, and remove the VM (the health check).</summary>
+    [Parameter]
+    public SwitchParameter Restore { get; set; }
+
+    [Parameter]
+    public object? Session { get; set; }
+
     private readonly Dictionary<string, BackupVerifier> _verifiers = new(StringComparer.Ordinal);
+    private XenPoolSession? _session;
+
+    protected override void BeginProcessing()
+    {
+        if (Restore) _session = SessionStore.Resolve(this, Session);
+    }
 
     protected override void ProcessRecord()
     {
@@ -68,9 +81,15 @@ public sealed class TestVMBackupCommand : VProtectCmdlet
             VMBackupTestResult? result = null;
             bool ok = TryRunEngine(async (sink, ct) =>
             {
-                var progress = new Progress<Core.IO.TransferProgress>();
                 var verification = await verifier.VerifyAsync(backup.Manifest, ct).ConfigureAwait(false);
                 result = new VMBackupTestResult(backup, verification);
+                if (Restore && verification.Status == VerificationStatus.Healthy)
+                {
+                    var problems = await TestRestore.RunAsync(_session!.Client, backup.RepositoryOf(), backup.Manifest, new SinkObserver(sink), ct).ConfigureAwait(false);
+                    result.RestoreProblems.AddRange(problems);
+                    result.Restored = problems.Count == 0;
+                }
+                else if (Restore) result.Restored = false;
             }, backup);
             if (!ok || result is null) continue;
             foreach (var problem in result.Problems)
@@ -79,4 +98,12 @@ public sealed class TestVMBackupCommand : VProtectCmdlet
             WriteObject(result);
         }
     }
+}
+
+/// <summary>Engine messages to the pipeline.</summary>
+internal sealed class SinkObserver(PipelineSink sink) : Core.Backup.IBackupObserver
+{
+    public void OnProgress(Core.Backup.BackupProgress progress) { }
+    public void OnWarning(string message) => sink.WriteWarning(message);
+    public void OnVerbose(string message) => sink.WriteVerbose(message);
 }
