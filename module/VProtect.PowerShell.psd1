@@ -8,11 +8,13 @@
     Description          = 'Backup and restore of Citrix Hypervisor / XenServer / XCP-ng VMs: XVA and CBT strategies, a user-space NBD client, and a bundled XenServer simulator.'
     CompatiblePSEditions = @('Core')
     PowerShellVersion    = '7.4'
-    FormatsToProcess     = @('VProtect.PowerShell.Format.ps1xml', 'VProtect.PowerShell.Backup.Format.ps1xml')
+    FormatsToProcess     = @('VProtect.PowerShell.Format.ps1xml', 'VProtect.PowerShell.Backup.Format.ps1xml', 'VProtect.PowerShell.Lifecycle.Format.ps1xml')
     TypesToProcess       = @('VProtect.PowerShell.Types.ps1xml')
     CmdletsToExport      = @('Connect-XenPool', 'Disconnect-XenPool', 'Get-XenPoolVM', 'Start-XenSimulator', 'Stop-XenSimulator',
                              'Start-VMBackup', 'Get-VMBackup', 'Restore-VMBackup', 'Get-XenNbd', 'Enable-XenNbd', 'Disable-XenNbd',
-                             'Get-ChangedBlock', 'Enable-XenCbt', 'Disable-XenCbt')
+                             'Get-ChangedBlock', 'Enable-XenCbt', 'Disable-XenCbt',
+                             'Get-VMBackupChain', 'Test-VMBackup', 'Mount-VMBackup', 'Dismount-VMBackup', 'Export-VMBackup',
+                             'Get-VMBackupSnapshot', 'Remove-VMBackupSnapshot', 'Remove-VMBackup')
     FunctionsToExport    = @()
     AliasesToExport      = @('Get-ChangedBlocks')
     VariablesToExport    = @()
