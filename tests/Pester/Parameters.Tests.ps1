@@ -7,8 +7,27 @@ BeforeDiscovery {
         'Start-XenSimulator' = @('HttpPort', 'HttpsPort', 'Scenario', 'StateDirectory', 'Credential')
         'Stop-XenSimulator'  = @('Simulator', 'WhatIf', 'Confirm')
         'Get-XenPoolVM'      = @('Name', 'Uuid', 'IncludeTemplates', 'IncludeSnapshots', 'Session')
+        'Start-VMBackup'     = @('VM', 'Repository', 'Strategy', 'Type', 'ExcludeDisk', 'Quiesce', 'PreSnapshotScript', 'PostSnapshotScript',
+                                 'KeepSnapshot', 'PurgeSnapshotData', 'NoFallback', 'ThrottleLimit', 'Session', 'WhatIf', 'Confirm')
+        'Restore-VMBackup'   = @('Backup', 'Repository', 'Id', 'Name', 'SR', 'Disk', 'PowerOn', 'Session', 'WhatIf', 'Confirm')
+        'Get-VMBackup'       = @('Repository', 'VM', 'Id')
+        'Get-ChangedBlock'   = @('VDI', 'BaseVDI', 'Summary', 'Session')
+        'Enable-XenNbd'      = @('Network', 'Insecure', 'Session', 'WhatIf', 'Confirm')
+        'Disable-XenNbd'     = @('Network', 'Session', 'WhatIf', 'Confirm')
+        'Get-XenNbd'         = @('Session')
+        'Enable-XenCbt'      = @('VM', 'Session', 'WhatIf', 'Confirm')
+        'Disable-XenCbt'     = @('VM', 'Session', 'WhatIf', 'Confirm')
+        'Get-VMBackupChain'  = @('Repository', 'VM')
+        'Test-VMBackup'      = @('Backup', 'Repository', 'VM', 'Latest', 'Restore', 'Session')
+        'Remove-VMBackup'    = @('Backup', 'Repository', 'VM', 'KeepLast', 'KeepDays', 'KeepFullLast', 'KeepFullDays', 'WhatIf', 'Confirm')
+        'Mount-VMBackup'     = @('Backup', 'Disk', 'Port', 'UnixSocket')
+        'Dismount-VMBackup'  = @('Mount', 'All')
+        'Export-VMBackup'    = @('Backup', 'Destination', 'Format', 'Disk', 'WhatIf', 'Confirm')
+        'Get-VMBackupSnapshot'    = @('VM', 'Orphaned', 'Repository', 'Session')
+        'Remove-VMBackupSnapshot' = @('Snapshot', 'Session', 'WhatIf', 'Confirm')
     }
     $cases = @($contract.GetEnumerator() | ForEach-Object { @{ Name = $_.Key; Expected = $_.Value } })
+    $contractNames = @($contract.Keys)
 }
 
 BeforeAll {
@@ -23,7 +42,7 @@ Describe '<Name> parameters' -ForEach $cases {
     }
 }
 
-Describe 'Parameter details' {
+Describe 'Parameter details' -ForEach @{ ContractNames = $contractNames } {
     It 'Connect-XenPool takes a PSCredential, never a plain password' {
         $c = Get-Command Connect-XenPool
         $c.Parameters['Credential'].ParameterType | Should -Be ([pscredential])
@@ -46,9 +65,15 @@ Describe 'Parameter details' {
             (Get-Command $n).Parameters.Keys | Should -Contain 'WhatIf'
         }
     }
+    It 'Restore-VMBackup and Remove-VMBackup ask for confirmation by default (ConfirmImpact High)' {
+        foreach ($n in 'Restore-VMBackup', 'Remove-VMBackup') {
+            $type = (Get-Command $n).ImplementingType
+            $type.GetCustomAttributes([System.Management.Automation.CmdletAttribute], $false)[0].ConfirmImpact | Should -Be 'High'
+        }
+    }
     It 'every exported cmdlet has a contract here' {
         $exported = @(Get-Command -Module VProtect.PowerShell -CommandType Cmdlet).Name
-        $known = 'Connect-XenPool', 'Disconnect-XenPool', 'Start-XenSimulator', 'Stop-XenSimulator', 'Get-XenPoolVM'
-        @($exported | Where-Object { $_ -notin $known }) | Should -BeNullOrEmpty
+        @($exported | Where-Object { $_ -notin $ContractNames }) | Should -BeNullOrEmpty
+        @($ContractNames | Where-Object { $_ -notin $exported }) | Should -BeNullOrEmpty
     }
 }
