@@ -8,7 +8,7 @@ BeforeDiscovery {
         'Stop-XenSimulator'  = @('Simulator', 'WhatIf', 'Confirm')
         'Get-XenPoolVM'      = @('Name', 'Uuid', 'IncludeTemplates', 'IncludeSnapshots', 'Session')
         'Start-VMBackup'     = @('VM', 'Repository', 'Strategy', 'Type', 'ExcludeDisk', 'Quiesce', 'PreSnapshotScript', 'PostSnapshotScript',
-                                 'KeepSnapshot', 'PurgeSnapshotData', 'NoFallback', 'ThrottleLimit', 'Session', 'WhatIf', 'Confirm')
+                                 'KeepSnapshot', 'PurgeSnapshotData', 'NoFallback', 'UseCompression', 'ThrottleLimit', 'Session', 'WhatIf', 'Confirm')
         'Restore-VMBackup'   = @('Backup', 'Repository', 'Id', 'Name', 'SR', 'Disk', 'PowerOn', 'Session', 'WhatIf', 'Confirm')
         'Get-VMBackup'       = @('Repository', 'VM', 'Id')
         'Get-ChangedBlock'   = @('VDI', 'BaseVDI', 'Summary', 'Session')

@@ -94,6 +94,32 @@ Describe 'XVA strategy: full and cumulative incrementals' {
     }
 }
 
+Describe 'XVA strategy: what the host gets back' {
+    It 'the stored XVA is accepted by the host''s /import byte for byte as it was exported' {
+        $file = Join-Path $Full.Path 'export.xva'
+        $before = Get-SimVmCount
+        $uri = "$($Sim.Url.ToString().TrimEnd('/'))/import?session_id=$($Session.OpaqueRef)"
+        $response = Invoke-WebRequest -Method Put -Uri $uri -InFile $file -ContentType 'application/octet-stream'
+        $response.StatusCode | Should -Be 200
+        Get-SimVmCount | Should -Be ($before + 1)
+    }
+
+    It 'with -UseCompression stores a zstd XVA that restores to the same disks' {
+        $repo2 = Join-Path ([IO.Path]::GetTempPath()) ("vprotect-xva-zstd-" + [guid]::NewGuid().ToString('n'))
+        try {
+            $b = Start-VMBackup -VM 'db-01' -Repository $repo2 -Strategy Xva -Type Full -UseCompression
+            $expected = Get-DiskHashes 'db-01'
+            $head = [byte[]]::new(4)
+            $fs = [IO.File]::OpenRead((Join-Path $b.Path 'export.xva'))
+            try { $null = $fs.Read($head, 0, 4) } finally { $fs.Dispose() }
+            ($head | ForEach-Object { $_.ToString('X2') }) -join '' | Should -Be '28B52FFD' -Because 'the host sent a zstd stream'
+            $null = Restore-VMBackup -Backup $b -Name 'restored-zstd' -Confirm:$false
+            Assert-SameHashes (Get-DiskHashes 'restored-zstd') $expected
+        }
+        finally { Remove-Item -Recurse -Force $repo2 -ErrorAction SilentlyContinue }
+    }
+}
+
 Describe 'XVA strategy: damage and fallbacks' {
     It 'finds a corrupted chunk in the stored XVA before anything is imported' {
         $damaged = Join-Path $Repo 'damaged-copy'

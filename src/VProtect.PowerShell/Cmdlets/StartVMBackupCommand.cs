@@ -49,6 +49,10 @@ public sealed class StartVMBackupCommand : VProtectCmdlet
     [Parameter]
     public SwitchParameter NoFallback { get; set; }
 
+    /// <summary>XVA strategy: ask the host to compress the export with zstd (use_compression=zstd).</summary>
+    [Parameter]
+    public SwitchParameter UseCompression { get; set; }
+
     [Parameter]
     [ValidateRange(1, 64)]
     public int ThrottleLimit { get; set; } = 4;
@@ -129,6 +133,7 @@ new CbtStrategy(), new XvaStrategy());
         KeepSnapshot = KeepSnapshot,
         PurgeSnapshotData = PurgeSnapshotData,
         NoFallback = NoFallback,
+        UseCompression = UseCompression,
         PreSnapshot = ScriptCallback(sink, PreSnapshotScript),
         PostSnapshot = ScriptCallback(sink, PostSnapshotScript),
     };
