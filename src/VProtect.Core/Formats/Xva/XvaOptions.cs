@@ -33,7 +33,49 @@ public sealed class XvaReadOptions
 
     /// <summary>Disk bytes covered so far (data and omitted chunks) against the sum of the disks' virtual sizes.</summary>
     public IProgress<TransferProgress>? Progress { get; init; }
+
+    /// <summary>
+    /// What a chunk whose data does not match its checksum file does. <see cref="XvaChecksumMode.Strict"/> (the default)
+    /// throws before the chunk reaches a target; <see cref="XvaChecksumMode.ReportAndContinue"/> is xapi's
+    /// <c>PUT /import?force=true</c>: the chunk is written as it arrived and the failure is reported.
+    /// Structural damage (truncation, bad headers, bad ova.xml, a missing checksum file) throws in either mode.
+    /// </summary>
+    public XvaChecksumMode Checksums { get; init; } = XvaChecksumMode.Strict;
+
+    /// <summary>Called for every checksum failure in <see cref="XvaChecksumMode.ReportAndContinue"/> mode, in stream order.</summary>
+    public Func<XvaChecksumFailure, CancellationToken, ValueTask>? OnChecksumFailure { get; init; }
+
+    /// <summary>
+    /// How many checksum failures <see cref="XvaReadResult.ChecksumFailures"/> keeps (the first ones); the count is always
+    /// exact. Bounds memory when a whole disk is corrupt; <see cref="OnChecksumFailure"/> still sees every one.
+    /// </summary>
+    public int MaxRecordedChecksumFailures { get; init; } = 100;
 }
+
+/// <summary>How <see cref="XvaReader"/> treats a chunk whose data does not match its checksum file.</summary>
+public enum XvaChecksumMode
+{
+    /// <summary>Throw a <see cref="BackupFormatException"/> (kind <see cref="XvaErrorKind.ChecksumMismatch"/>) before the chunk is written.</summary>
+    Strict,
+    /// <summary>Write the chunk as it arrived, report the failure (<see cref="XvaReadOptions.OnChecksumFailure"/>, <see cref="XvaReadResult.ChecksumFailures"/>) and go on.</summary>
+    ReportAndContinue,
+}
+
+/// <summary>
+/// One chunk whose data does not match its checksum file: the chunk entry (e.g. <c>Ref:12/00000003</c>), where its data
+/// lands on the disk, the checksum stored in the stream (<paramref name="Expected"/>) and the one computed from the data
+/// (<paramref name="Actual"/>), and the chunk's header offset in the (decompressed) tar.
+/// </summary>
+public sealed record XvaChecksumFailure(
+    string VdiId,
+    string ChunkName,
+    long Counter,
+    long DiskOffset,
+    int Length,
+    XvaChecksumKind ChecksumKind,
+    string Expected,
+    string Actual,
+    long TarOffset);
 
 /// <summary>What one disk's data looked like in the stream.</summary>
 public sealed record XvaDiskReadSummary(
@@ -43,14 +85,28 @@ public sealed record XvaDiskReadSummary(
     long ChunksOmitted,
     long KeepAliveChunks,
     long DataBytes,
-    XvaChecksumKind? ChecksumKind);
+    XvaChecksumKind? ChecksumKind)
+{
+    /// <summary>Chunks of this disk that failed their checksum (only ever non-zero in <see cref="XvaChecksumMode.ReportAndContinue"/> mode).</summary>
+    public long ChecksumFailures { get; init; }
+}
 
-/// <summary>The outcome of a successful read: every chunk present was verified against its checksum.</summary>
+/// <summary>
+/// The outcome of a successful read. In <see cref="XvaChecksumMode.Strict"/> mode every chunk present was verified
+/// against its checksum; in <see cref="XvaChecksumMode.ReportAndContinue"/> mode the failures are listed here.
+/// </summary>
 public sealed record XvaReadResult(
     XvaMetadata Metadata,
     XvaCompression Compression,
     IReadOnlyList<XvaDiskReadSummary> Disks,
-    long TarBytes);
+    long TarBytes)
+{
+    /// <summary>The first <see cref="XvaReadOptions.MaxRecordedChecksumFailures"/> checksum failures, in stream order.</summary>
+    public IReadOnlyList<XvaChecksumFailure> ChecksumFailures { get; init; } = [];
+
+    /// <summary>How many chunks failed their checksum in all (may exceed <see cref="ChecksumFailures"/>' length).</summary>
+    public long ChecksumFailureCount { get; init; }
+}
 
 /// <summary>One disk to export: the VDI's export id in the metadata and where its data comes from.</summary>
 public sealed record XvaDiskSource(string VdiId, IBlockSource Source);

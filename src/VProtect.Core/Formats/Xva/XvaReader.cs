@@ -6,7 +6,8 @@ namespace VProtect.Core.Formats.Xva;
 
 /// <summary>
 /// Reads an XVA as it arrives (forward-only; plain, gzip or zstd), verifying every chunk's checksum before its
-/// data reaches a target. Memory is one chunk buffer plus ova.xml, whatever the disk sizes.
+/// data reaches a target (or, with <see cref="XvaChecksumMode.ReportAndContinue"/>, reporting failures and writing the
+/// data anyway, as xapi's import does with force=true). Memory is two chunk buffers plus ova.xml, whatever the disk sizes.
 /// Every problem in the stream is a <see cref="BackupFormatException"/> naming the stream and the (decompressed) tar offset.
 /// </summary>
 public static class XvaReader
@@ -16,6 +17,9 @@ public static class XvaReader
     {
         ArgumentNullException.ThrowIfNull(input);
         options ??= new XvaReadOptions();
+        if (!Enum.IsDefined(options.Checksums))
+            throw new ArgumentOutOfRangeException(nameof(options), options.Checksums, "XvaReadOptions.Checksums must be Strict or ReportAndContinue.");
+        ArgumentOutOfRangeException.ThrowIfNegative(options.MaxRecordedChecksumFailures, "options.MaxRecordedChecksumFailures");
         var (tarStream, compression) = await XvaCompressionStreams.OpenForReadAsync(input, cancellationToken).ConfigureAwait(false);
         await using (tarStream.ConfigureAwait(false))
         {
@@ -45,6 +49,8 @@ public static class XvaReader
         private long _totalBytes;
         private long _doneBytesOfFinishedDisks;
         private readonly List<XvaDiskReadSummary> _summaries = new();
+        private readonly List<XvaChecksumFailure> _checksumFailures = new();
+        private long _checksumFailureCount;
         private DiskState? _disk;
         private PendingChunk? _pending;
         private readonly byte[][] _buffers = new byte[2][];
@@ -86,7 +92,11 @@ public static class XvaReader
                 ArrayPool<byte>.Shared.Return(_buffers[0]);
                 ArrayPool<byte>.Shared.Return(_buffers[1]);
             }
-            return new XvaReadResult(_metadata, compression, _summaries, tar.Position);
+            return new XvaReadResult(_metadata, compression, _summaries, tar.Position)
+            {
+                ChecksumFailures = _checksumFailures,
+                ChecksumFailureCount = _checksumFailureCount,
+            };
         }
 
         private async Task ReadMetadataAsync(CancellationToken ct)
@@ -167,10 +177,19 @@ public static class XvaReader
             string stored = Encoding.ASCII.GetString(text).Trim();
             var data = buffer.AsMemory(0, p.Length);
             string computed = XvaFormat.FormatChecksum(data.Span, kind);
-            if (!string.Equals(stored, computed, StringComparison.OrdinalIgnoreCase))
-                throw tar.Error(p.HeaderOffset, $"Chunk {p.Name} (disk bytes [{p.DiskOffset}, {p.DiskOffset + p.Length})) fails its {ext[1..]} checksum: stored '{stored}', computed '{computed}'. The backup is corrupt; restore from another backup.", kind: XvaErrorKind.ChecksumMismatch);
-
             var d = _disk!;
+            if (!string.Equals(stored, computed, StringComparison.OrdinalIgnoreCase))
+            {
+                if (options.Checksums == XvaChecksumMode.Strict)
+                    throw tar.Error(p.HeaderOffset, $"Chunk {p.Name} (disk bytes [{p.DiskOffset}, {p.DiskOffset + p.Length})) fails its {ext[1..]} checksum: stored '{stored}', computed '{computed}'. The backup is corrupt; restore from another backup.", kind: XvaErrorKind.ChecksumMismatch);
+                // xapi with force=true (stream_vdi.ml recv_all_vdi): the chunk was already written; the failure is logged and ignored.
+                var failure = new XvaChecksumFailure(d.VdiId, p.Name, p.Counter, p.DiskOffset, p.Length, kind, stored, computed, p.HeaderOffset);
+                d.ChecksumFailures++;
+                _checksumFailureCount++;
+                if (_checksumFailures.Count < options.MaxRecordedChecksumFailures) _checksumFailures.Add(failure);
+                if (options.OnChecksumFailure is { } onFailure) await onFailure(failure, ct).ConfigureAwait(false);
+            }
+
             if (d.Target is { } target && (p.Length > 0 || (p.GapChunks > 0 && options.ZeroOmittedChunks)))
             {
                 await AwaitInflightAsync().ConfigureAwait(false);
@@ -228,7 +247,10 @@ public static class XvaReader
                     await target.WriteZeroesAsync(d.Offset, d.VirtualSize - d.Offset, ct).ConfigureAwait(false);
                 await target.FlushAsync(ct).ConfigureAwait(false);
             }
-            _summaries.Add(new XvaDiskReadSummary(d.VdiId, d.VirtualSize, d.ChunksPresent, d.ChunksOmitted, d.KeepAlives, d.DataBytes, d.ChecksumKind));
+            _summaries.Add(new XvaDiskReadSummary(d.VdiId, d.VirtualSize, d.ChunksPresent, d.ChunksOmitted, d.KeepAlives, d.DataBytes, d.ChecksumKind)
+            {
+                ChecksumFailures = d.ChecksumFailures,
+            });
             _doneBytesOfFinishedDisks += d.VirtualSize;
             options.Progress?.Report(new TransferProgress(_doneBytesOfFinishedDisks, _totalBytes));
             _disk = null;
@@ -248,6 +270,7 @@ public static class XvaReader
         public long KeepAlives { get; set; }
         public long DataBytes { get; set; }
         public XvaChecksumKind? ChecksumKind { get; set; }
+        public long ChecksumFailures { get; set; }
     }
 
     private readonly record struct PendingChunk(string Name, long Counter, long DiskOffset, int Length, long GapChunks, long HeaderOffset);
