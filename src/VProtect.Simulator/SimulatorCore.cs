@@ -52,6 +52,7 @@ internal sealed class SimulatorCore : IDisposable
     public EventManager Events { get; }
     public XapiDispatcher Dispatcher { get; }
     public FaultRegistry Faults { get; } = new();
+    public SimulatorLog Log { get; } = new();
     public ScenarioSettings Settings { get; set; } = new();
 
     public string MasterRef => (string)Db.All("pool").Single().Fields["master"]!;

@@ -194,6 +194,7 @@ public sealed class XenSimulator : IAsyncDisposable
         lock (_core.Db.Gate)
         {
             _core.Faults.Clear();
+            _core.Log.Clear();
             _core.Db.Clear();
             _core.Storage.Clear();
             ScenarioBuilder.Build(_core, ScenarioBuilder.Load(_scenario));

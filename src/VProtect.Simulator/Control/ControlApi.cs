@@ -24,6 +24,7 @@ internal sealed class ControlApi
         routes.Add("GET", "/sim/vms", VmsAsync);
         routes.Add("*", "/sim/vdi/", VdiAsync);
         routes.Add("*", "/sim/faults", FaultsAsync);
+        routes.Add("GET", "/sim/log", LogAsync);
         routes.Add("POST", "/sim/reset", async (ex, ct) => { _sim.Reset(); await Json(ex, new JsonObject { ["reset"] = true }, ct); });
         routes.Add("POST", "/sim/save", async (ex, ct) => { _sim.SaveState(); await Json(ex, new JsonObject { ["saved"] = true }, ct); });
     }
@@ -151,6 +152,22 @@ internal sealed class ControlApi
             return Convert.ToHexString(sha.GetHashAndReset()).ToLowerInvariant();
         }
         finally { ArrayPool<byte>.Shared.Return(buffer); }
+    }
+
+    private Task LogAsync(HttpExchange ex, CancellationToken ct)
+    {
+        // GET /sim/log[?since=N]: what xapi would have written to xensource.log, oldest first.
+        long since = 0;
+        if (ex.Request.Query.TryGetValue("since", out var s) && !long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out since))
+            return Error(ex, 400, "Bad Request", $"since must be a sequence number, not '{s}'.", ct);
+        var list = new JsonArray();
+        foreach (var e in _sim.Core.Log.Since(since))
+            list.Add(new JsonObject
+            {
+                ["seq"] = e.Seq, ["time"] = e.Time.ToString("O", CultureInfo.InvariantCulture), ["level"] = e.Level,
+                ["source"] = e.Source, ["message"] = e.Message,
+            });
+        return Json(ex, list, ct);
     }
 
     private async Task FaultsAsync(HttpExchange ex, CancellationToken ct)

@@ -9,7 +9,11 @@ namespace VProtect.Simulator.DataPlane.Http;
 /// <summary>
 /// PUT /import?sr_id=…[&amp;restore=true][&amp;force=true] (import.ml l.2619-2740; research xapi.md §6–7): an XVA,
 /// plain, gzip or zstd (detected from the stream), becomes a new VM with its VDIs, VBDs and VIFs. New UUIDs and
-/// MACs unless restore=true. Any failure removes everything created so far. The task result is the set of new VM refs.
+/// MACs unless restore=true. Any failure removes everything created so far, unless force=true. The task result is the
+/// set of new VM refs.
+/// force=true (import.ml, stream_vdi.ml; docs/simulator.md): chunk checksum failures are logged and ignored (the data
+/// stays as it arrived); on any other failure nothing is cleaned up; with restore=true a non-halted VM to replace is
+/// skipped and the version check is not made. Structural damage still fails the import.
 /// </summary>
 internal sealed class ImportHandler(HttpDataPlane plane)
 {
@@ -40,6 +44,9 @@ internal sealed class ImportHandler(HttpDataPlane plane)
         }
         if (await plane.RedirectIfBetterHostAsync(scope, sr.Ref, ct).ConfigureAwait(false)) return;
         bool restore = req.QueryOrCookie("restore") == "true";
+        // import.ml handler: find_query_flag reads the query only (not cookies), and only the literal "true".
+        bool force = req.Query.TryGetValue("force", out var forceArg) && forceArg == "true";
+        if (force) Core.Log.Write("warn", "VM.import", "Force option supplied: will ignore checksum failures");
 
         await scope.Exchange.WriteHeadAsync(200, "OK", scope.Headers(null), ct).ConfigureAwait(false);
         var created = new List<XapiObject>();
@@ -49,10 +56,19 @@ internal sealed class ImportHandler(HttpDataPlane plane)
         {
             await XvaReader.ReadAsync(scope.FaultedRequest(), "PUT /import", new XvaReadOptions
             {
-                OnMetadata = (meta, _) => { CreateObjects(meta, sr, restore, created, targets, newVms); return ValueTask.CompletedTask; },
+                OnMetadata = (meta, _) => { CreateObjects(meta, sr, restore, force, created, targets, newVms); return ValueTask.CompletedTask; },
                 OpenTarget = (disk, _) => ValueTask.FromResult(targets.GetValueOrDefault(disk.VdiId)),
                 // Fresh VDIs read as zeros; omitted chunks need no writes.
                 ZeroOmittedChunks = false,
+                // stream_vdi.ml recv_all_vdi writes each chunk before reading its checksum file and, with force, ignores
+                // Invalid_checksum; verify_inline_checksum has already logged the mismatch at error level.
+                Checksums = force ? XvaChecksumMode.ReportAndContinue : XvaChecksumMode.Strict,
+                OnChecksumFailure = (f, _) =>
+                {
+                    Core.Log.Write("error", "VM.import", $"File {f.ChunkName} checksum mismatch ({f.Expected} <> {f.Actual})");
+                    Core.Log.Write("error", "VM.import", $"Error validating checksums on import: Block {f.ChunkName} checksum failed: original = {f.Expected}; recomputed = {f.Actual}");
+                    return ValueTask.CompletedTask;
+                },
                 Progress = new SyncProgress(p => scope.Progress(p.BytesTotal == 0 ? 0 : (double)p.BytesDone / p.BytesTotal)),
             }, ct).ConfigureAwait(false);
             new ModelOps(Core).RefreshSr(sr.Ref);
@@ -60,7 +76,7 @@ internal sealed class ImportHandler(HttpDataPlane plane)
         }
         catch (BackupFormatException e)
         {
-            Cleanup(created);
+            Cleanup(created, force, e.Message);
             string[] error = XvaErrors.KindOf(e) switch
             {
                 XvaErrorKind.Truncated => ["IMPORT_ERROR_PREMATURE_EOF"],
@@ -73,18 +89,18 @@ internal sealed class ImportHandler(HttpDataPlane plane)
         }
         catch (XapiError e)
         {
-            Cleanup(created);
+            Cleanup(created, force, e.Message);
             Core.Tasks.Fail(scope.Task, e.ErrorDescription);
         }
         catch (Exception e) when (e is IOException or OperationCanceledException)
         {
-            Cleanup(created);
+            Cleanup(created, force, e.Message);
             Core.Tasks.Fail(scope.Task, e is InjectedDropException or EndOfStreamException ? ["IMPORT_ERROR_PREMATURE_EOF"] : ["CLIENT_ERROR", e.Message]);
             throw;
         }
         catch (Exception e)
         {
-            Cleanup(created);
+            Cleanup(created, force, e.Message);
             Core.Tasks.Fail(scope.Task, ["IMPORT_ERROR", e.Message]);
         }
     }
@@ -95,8 +111,10 @@ internal sealed class ImportHandler(HttpDataPlane plane)
     }
 
     /// <summary>Creates the VM, VDIs, VBDs and VIFs of ova.xml; everything made is listed in <paramref name="created"/> for clean-up.</summary>
-    private void CreateObjects(XvaMetadata meta, XapiObject sr, bool restore, List<XapiObject> created, Dictionary<string, IBlockTarget> targets, List<string> newVms)
+    private void CreateObjects(XvaMetadata meta, XapiObject sr, bool restore, bool force, List<XapiObject> created, Dictionary<string, IBlockTarget> targets, List<string> newVms)
     {
+        // VMs left out by a forced restore over a VM that is not halted (import.ml VM precheck: Skip).
+        var skippedVms = new HashSet<string>(StringComparer.Ordinal);
         var ops = new ModelOps(Core);
         // Not modelled: IMPORT_INCOMPATIBLE_VERSION (an export from a newer xapi). Real exports carry the exporting xapi's
         // version (e.g. 25.6) and the simulator claims 24.19, so checking would refuse genuine samples for no test value.
@@ -121,9 +139,16 @@ internal sealed class ImportHandler(HttpDataPlane plane)
                     if (Db.TryGetByUuid("VM", uuid) is { } existing)
                     {
                         if (existing.Str("power_state") != "Halted")
-                            throw new XapiError("VM_BAD_POWER_STATE", existing.Ref, "halted", existing.Str("power_state").ToLowerInvariant());
+                        {
+                            if (!force)
+                                throw new XapiError("VM_BAD_POWER_STATE", existing.Ref, "halted", existing.Str("power_state").ToLowerInvariant());
+                            Core.Log.Write("debug", "VM.import", $"Forced import skipping VM {uuid} as VM to replace was not halted.");
+                            skippedVms.Add(vm.Id);
+                            continue;
+                        }
                         long have = existing.Long("version"), incoming = vm.GetInt64("version") ?? 0;
-                        if (incoming <= have)
+                        // import.ml: "The existing VM should not be replaced if the version to be imported is no newer, unless the import is forced."
+                        if (incoming <= have && !force)
                             throw new XapiError("VM_TO_IMPORT_IS_NOT_NEWER_VERSION", existing.Ref, have.ToString(), incoming.ToString());
                         // A newer export replaces the existing VM (import.ml: the old one is destroyed first).
                         foreach (var b in Db.Where("VBD", "VM", existing.Ref)) Db.Delete(b);
@@ -145,6 +170,7 @@ internal sealed class ImportHandler(HttpDataPlane plane)
             }
             foreach (var vbd in meta.OfClass("VBD"))
             {
+                if (IsOfSkippedVm("VBD", vbd, skippedVms)) continue;
                 if (!idToRef.TryGetValue(vbd.GetString("VM") ?? "", out var vmRef)) continue;
                 string vdiRef = idToRef.GetValueOrDefault(vbd.GetString("VDI") ?? "", Schema.NullRef);
                 var fields = Fields("VBD", vbd, ["userdevice", "bootable", "mode", "type", "unpluggable", "other_config"]);
@@ -153,6 +179,7 @@ internal sealed class ImportHandler(HttpDataPlane plane)
             }
             foreach (var vif in meta.OfClass("VIF"))
             {
+                if (IsOfSkippedVm("VIF", vif, skippedVms)) continue;
                 if (!idToRef.TryGetValue(vif.GetString("VM") ?? "", out var vmRef)) continue;
                 var fields = Fields("VIF", vif, ["device", "MTU", "other_config", "qos_algorithm_type", "qos_algorithm_params"]);
                 fields["VM"] = vmRef;
@@ -163,6 +190,19 @@ internal sealed class ImportHandler(HttpDataPlane plane)
                 created.Add(Db.Create("VIF", fields));
             }
         }
+    }
+
+    /// <summary>
+    /// A VBD or VIF of a VM a forced restore skipped: with restore, an existing object with the same uuid is used as it is
+    /// (import.ml VBD/VIF precheck: Found_VBD / Found_VIF); otherwise its VM cannot be looked up and the import fails with
+    /// IMPORT_ERROR_FAILED_TO_FIND_OBJECT [vm id].
+    /// </summary>
+    private bool IsOfSkippedVm(string cls, XvaObject obj, HashSet<string> skippedVms)
+    {
+        string vmId = obj.GetString("VM") ?? "";
+        if (!skippedVms.Contains(vmId)) return false;
+        if (obj.GetString("uuid") is { Length: > 0 } uuid && Db.TryGetByUuid(cls, uuid) is not null) return true;
+        throw new XapiError("IMPORT_ERROR_FAILED_TO_FIND_OBJECT", vmId);
     }
 
     /// <summary>The network the VIF lands on: same uuid, else same bridge or name, else the management network.</summary>
@@ -192,8 +232,14 @@ internal sealed class ImportHandler(HttpDataPlane plane)
         return fields;
     }
 
-    private void Cleanup(List<XapiObject> created)
+    private void Cleanup(List<XapiObject> created, bool force, string why)
     {
+        if (force)
+        {
+            // import.ml stream_import / handle_all: with force, whatever was created stays (and its data as far as it got).
+            Core.Log.Write("warn", "VM.import", $"Not cleaning up after import failure since --force provided: {why}");
+            return;
+        }
         lock (Db.Gate)
         {
             for (int i = created.Count - 1; i >= 0; i--)
