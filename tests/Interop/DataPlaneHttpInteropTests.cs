@@ -232,6 +232,64 @@ public sealed class DataPlaneHttpInteropTests
         File.Delete(scenario);
     }
 
+    [Fact]
+    public async Task Curl_uploads_a_corrupted_xva_and_force_true_imports_it_as_it_arrived()
+    {
+        var (sim, session, scenario) = await StartAsync();
+        await using var _ = sim;
+        using var dir = new TempDir();
+        var vm = await RefAsync(sim, session, "VM", "small-01");
+        byte[] xva;
+        using (var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) })
+            xva = await http.GetByteArrayAsync(new Uri(sim.Url, $"export?ref={vm}&session_id={session}"));
+        var meta = (await XvaReader.VerifyAsync(new MemoryStream(xva), "export", CancellationToken.None)).Metadata;
+        // Flip one byte of the first chunk (V7 headers: name at 0, octal size at 124).
+        int pos = 0;
+        string name;
+        while (true)
+        {
+            name = Encoding.ASCII.GetString(xva, pos, 100).TrimEnd('\0');
+            if (name.EndsWith("/00000000", StringComparison.Ordinal)) break;
+            pos += 512 + (int)((Convert.ToInt64(Encoding.ASCII.GetString(xva, pos + 124, 11), 8) + 511) / 512 * 512);
+        }
+        xva[pos + 512 + 4096] ^= 0x5A;
+        string vdiName = meta.Find(name.Split('/')[0])!.GetString("name_label")!;
+        var original = await RefAsync(sim, session, "VDI", vdiName);
+        byte[] expected;
+        using (var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) })
+            expected = await http.GetByteArrayAsync(new Uri(sim.Url, $"export_raw_vdi?vdi={original}&format=raw&session_id={session}"));
+        expected[4096] ^= 0x5A;
+        await File.WriteAllBytesAsync(dir.File("bad.xva"), xva);
+
+        async Task<Dictionary<string, object?>> CurlImportAsync(string query, string headers)
+        {
+            // curl -T sends a PUT with Content-Length, as xapi requires.
+            var (exit, err) = await CurlAsync("-sS", "--fail", "--max-time", "60", "-T", dir.File("bad.xva"), "-D", dir.File(headers), "-o", dir.File(headers + ".body"),
+                new Uri(sim.Url, $"import?session_id={session}{query}").ToString());
+            Assert.True(exit == 0, "curl (import) failed: " + err);
+            var taskLine = (await File.ReadAllLinesAsync(dir.File(headers))).Single(l => l.StartsWith("task-id:", StringComparison.OrdinalIgnoreCase));
+            return (Dictionary<string, object?>)(await CallAsync(sim, "task.get_record", session, taskLine["task-id:".Length..].Trim()))!;
+        }
+
+        var strict = await CurlImportAsync("", "strict.hdr");
+        Assert.Equal("failure", strict["status"]);
+        Assert.Equal("IMPORT_ERROR_SOME_CHECKSUMS_FAILED", ((object?[])strict["error_info"]!)[0]);
+
+        var forced = await CurlImportAsync("&force=true", "forced.hdr");
+        Assert.Equal("success", forced["status"]);
+        var newVm = (string)Assert.Single((object?[])XmlRpc.DecodeValue((string)forced["result"]!)!)!;
+        string? newVdiUuid = null;
+        foreach (var vbd in (object?[])((Dictionary<string, object?>)(await CallAsync(sim, "VM.get_record", session, newVm))!)["VBDs"]!)
+        {
+            var vdi = (string)((Dictionary<string, object?>)(await CallAsync(sim, "VBD.get_record", session, vbd))!)["VDI"]!;
+            if (vdi != "OpaqueRef:NULL" && (string)((Dictionary<string, object?>)(await CallAsync(sim, "VDI.get_record", session, vdi))!)["name_label"]! == vdiName)
+                newVdiUuid = await UuidAsync(sim, session, "VDI", vdi);
+        }
+        Assert.NotNull(newVdiUuid);
+        Assert.Equal(Sha(expected), await ControlShaAsync(sim, newVdiUuid));
+        File.Delete(scenario);
+    }
+
     private static string NodeDirectory()
     {
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
