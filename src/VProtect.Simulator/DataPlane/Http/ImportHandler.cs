@@ -39,7 +39,8 @@ internal sealed class ImportHandler(HttpDataPlane plane)
         }
         if (sr.Str("content_type") == "iso")
         {
-            await scope.FailAsync(400, "Bad Request", ["SR_OPERATION_NOT_SUPPORTED", sr.Ref], ct).ConfigureAwait(false);
+            // import.ml l.2688-2695 raises it with no parameters (the datamodel's [sr] is not filled in here).
+            await scope.FailAsync(400, "Bad Request", ["SR_OPERATION_NOT_SUPPORTED"], ct).ConfigureAwait(false);
             return;
         }
         if (await plane.RedirectIfBetterHostAsync(scope, sr.Ref, ct).ConfigureAwait(false)) return;
