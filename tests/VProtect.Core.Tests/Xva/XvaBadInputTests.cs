@@ -237,6 +237,11 @@ public class XvaBadInputTests
         var ex = await FailsAsync(xva);
         Assert.Contains("starts with ova.xml", ex.Message);
         Assert.Equal(0, ex.Offset);
+        Assert.True(XvaErrors.TryGetUnexpectedMember(ex, out var expected, out var actual));
+        Assert.Equal(("ova.xml", "Ref:1/00000000"), (expected, actual));
+        // Other layout errors carry no member pair (xapi reports them as the generic IMPORT_ERROR).
+        var missing = Start().Add("Ref:1/00000000", Pattern(100, 1)).Chunk("Ref:1", 1, Pattern(100, 2)).End().ToArray();
+        Assert.False(XvaErrors.TryGetUnexpectedMember(await FailsAsync(missing), out _, out _));
     }
 
     [Fact]

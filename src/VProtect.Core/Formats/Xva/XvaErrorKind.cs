@@ -32,4 +32,24 @@ public static class XvaErrors
         exception.Data[Key] = kind;
         return exception;
     }
+
+    private const string ExpectedKey = "VProtect.XvaExpectedMember", ActualKey = "VProtect.XvaActualMember";
+
+    /// <summary>
+    /// For an <see cref="XvaErrorKind.UnexpectedMember"/> error where one named member was due and another came (today:
+    /// a tar whose first member is not ova.xml), the two names, as xapi's <c>IMPORT_ERROR_UNEXPECTED_FILE [expected, actual]</c> gives them.
+    /// </summary>
+    public static bool TryGetUnexpectedMember(BackupFormatException exception, out string expected, out string actual)
+    {
+        expected = exception.Data[ExpectedKey] as string ?? "";
+        actual = exception.Data[ActualKey] as string ?? "";
+        return exception.Data[ExpectedKey] is string && exception.Data[ActualKey] is string;
+    }
+
+    internal static BackupFormatException WithMembers(this BackupFormatException exception, string expected, string actual)
+    {
+        exception.Data[ExpectedKey] = expected;
+        exception.Data[ActualKey] = actual;
+        return exception;
+    }
 }

@@ -105,7 +105,8 @@ public static class XvaReader
                 ?? throw tar.Error(0, "The tar archive is empty: no ova.xml. This is not an XVA.", kind: XvaErrorKind.UnexpectedMember);
             CheckMemberIsSafe(first);
             if (first.Name != XvaFormat.MetadataEntryName || first.Kind != TarMemberKind.File)
-                throw tar.Error(first.HeaderOffset, $"The first member is '{first.Name}', but an XVA starts with ova.xml. This is not an XVA (or it was re-packed in the wrong order).", kind: XvaErrorKind.UnexpectedMember);
+                throw tar.Error(first.HeaderOffset, $"The first member is '{first.Name}', but an XVA starts with ova.xml. This is not an XVA (or it was re-packed in the wrong order).", kind: XvaErrorKind.UnexpectedMember)
+                    .WithMembers(XvaFormat.MetadataEntryName, first.Name);
             if (first.Size > options.MaxMetadataBytes)
                 throw tar.Error(first.HeaderOffset, $"ova.xml declares {first.Size} bytes, more than the {options.MaxMetadataBytes}-byte limit. The file is damaged; if the VM really has that much metadata, raise MaxMetadataBytes.");
             var bytes = new byte[first.Size];

@@ -78,12 +78,15 @@ internal sealed class ImportHandler(HttpDataPlane plane)
         catch (BackupFormatException e)
         {
             Cleanup(created, force, e.Message);
+            // import.ml with_error_handling (l.2383-2440): only ova.xml-not-first is Unexpected_file [expected; actual]
+            // (assert_filename_is); layout problems in the disk stream are Failures in stream_vdi.ml ("Invalid XVA
+            // file", "Expected to find a supported inline checksum file…"), i.e. the generic IMPORT_ERROR [msg].
             string[] error = XvaErrors.KindOf(e) switch
             {
                 XvaErrorKind.Truncated => ["IMPORT_ERROR_PREMATURE_EOF"],
                 XvaErrorKind.ChecksumMismatch => ["IMPORT_ERROR_SOME_CHECKSUMS_FAILED"],
-                XvaErrorKind.UnexpectedMember => ["IMPORT_ERROR_UNEXPECTED_FILE", "", e.Message],
-                XvaErrorKind.UnknownObject => ["IMPORT_ERROR_FAILED_TO_FIND_OBJECT", e.Message],
+                XvaErrorKind.UnexpectedMember when XvaErrors.TryGetUnexpectedMember(e, out var expected, out var actual) =>
+                    ["IMPORT_ERROR_UNEXPECTED_FILE", expected, actual],
                 _ => ["IMPORT_ERROR", e.Message],
             };
             Core.Tasks.Fail(scope.Task, error);
