@@ -73,7 +73,7 @@ public sealed class XvaRestorePointSource : IBlockSource, IDisposable
     public bool HasDelta => _delta is not null;
 
     /// <summary>Opens one disk; see <see cref="OpenAsync(BackupRepository, BackupManifest, IReadOnlyCollection{string}?, XvaRestorePointOptions?, CancellationToken)"/>.</summary>
-    public static async Task<XvaRestorePointSource> OpenAsync(BackupRepository repository, BackupManifest point, string diskKey,
+    public static async Task<XvaRestorePointSource> OpenDiskAsync(BackupRepository repository, BackupManifest point, string diskKey,
         XvaRestorePointOptions? options, CancellationToken ct)
     {
         var opened = await OpenAsync(repository, point, new[] { diskKey }, options, ct).ConfigureAwait(false);
