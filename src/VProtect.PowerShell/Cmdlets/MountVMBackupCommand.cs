@@ -53,7 +53,7 @@ public sealed class MountVMBackupCommand : VProtectCmdlet
             if (backup.Manifest.Strategy == BackupStrategy.Xva)
                 sink.WriteVerbose($"Indexing the XVA of {backup.VM} {backup.Id} (one pass over the file, every chunk checksum checked).");
             try { mount = await BackupMount.StartAsync(backup.RepositoryOf(), backup.Manifest, Disk, Port, socket, null, ct).ConfigureAwait(false); }
-            catch (Exception ex) when (ex is ArgumentException or RepositoryException or BackupFormatException or IOException) { failure = ex; }
+            catch (Exception ex) when (ex is ArgumentException or RepositoryException or BackupFormatException or IOException or System.Net.Sockets.SocketException) { failure = ex; }
         }, backup);
         if (failure is not null)
         {
