@@ -3,12 +3,15 @@ using System.Net.Sockets;
 using VProtect.Core.IO;
 using VProtect.Core.Nbd;
 using VProtect.Core.Repository;
+using VProtect.Core.Restore.Xva;
 
 namespace VProtect.Core.Lifecycle;
 
 /// <summary>
 /// A restore point served read-only over NBD on loopback (TCP 127.0.0.1 or a Unix socket), one export per disk,
 /// named by the disk key, so qemu-nbd, nbdfuse, guestfish or the kernel client can open the merged chain.
+/// CBT-strategy points are served from their block chain; XVA-strategy points from the full's XVA overlaid with the
+/// chosen incremental's VHD delta (<see cref="XvaRestorePointSource"/>: opening reads the XVA once to index it).
 /// </summary>
 public sealed class BackupMount : IAsyncDisposable
 {
@@ -36,24 +39,42 @@ public sealed class BackupMount : IAsyncDisposable
 
     public IBlockSource SourceOf(string diskKey) => _disks[diskKey];
 
-    /// <summary>Opens the disks of <paramref name="point"/> (all, or <paramref name="diskKeys"/>) and starts serving them.</summary>
+    /// <summary>
+    /// Opens the disks of <paramref name="point"/> (all, or <paramref name="diskKeys"/>) and starts serving them. Blocks while
+    /// an XVA-strategy point's XVA is indexed; <see cref="StartAsync"/> is the cancellable form.
+    /// </summary>
     public static BackupMount Start(BackupRepository repository, BackupManifest point, IReadOnlyCollection<string>? diskKeys, int port = 0, string? unixSocket = null)
+        => StartAsync(repository, point, diskKeys, port, unixSocket, null, CancellationToken.None).GetAwaiter().GetResult();
+
+    /// <summary>Opens the disks of <paramref name="point"/> (all, or <paramref name="diskKeys"/>) and starts serving them.</summary>
+    public static async Task<BackupMount> StartAsync(BackupRepository repository, BackupManifest point, IReadOnlyCollection<string>? diskKeys,
+        int port, string? unixSocket, XvaRestorePointOptions? xvaOptions, CancellationToken ct)
     {
-        if (point.Strategy != BackupStrategy.Cbt || point.Disks.Count == 0)
-            throw new RepositoryException($"Backup {point.Id} stores its disks as XVA/VHD files; mounting needs a block (CBT-strategy) backup. Export it with Export-VMBackup, then serve the file with qemu-nbd.");
-        var keys = diskKeys is { Count: > 0 } ? diskKeys.ToList() : point.Disks.Select(d => d.Key).ToList();
+        if (unixSocket is not null && File.Exists(unixSocket))
+            throw new IOException($"{unixSocket} already exists; choose another path or remove the stale socket.");
         var disks = new Dictionary<string, IBlockSource>(StringComparer.Ordinal);
+        List<string> keys;
         try
         {
-            foreach (var key in keys)
+            if (point.Strategy == BackupStrategy.Xva)
             {
-                if (point.Disks.All(d => d.Key != key))
-                    throw new RepositoryException($"Backup {point.Id} has no disk '{key}'. Its disks are: {string.Join(", ", point.Disks.Select(d => d.Key))}.");
-                disks[key] = repository.OpenDisk(point, key);
+                var opened = await XvaRestorePointSource.OpenAsync(repository, point, diskKeys, xvaOptions, ct).ConfigureAwait(false);
+                foreach (var (key, source) in opened) disks[key] = source;
+                keys = diskKeys is { Count: > 0 } ? diskKeys.Distinct().ToList() : opened.Keys.ToList();
+            }
+            else
+            {
+                if (point.Disks.Count == 0)
+                    throw new RepositoryException($"Backup {point.Id} holds no disks to serve.");
+                keys = diskKeys is { Count: > 0 } ? diskKeys.ToList() : point.Disks.Select(d => d.Key).ToList();
+                foreach (var key in keys)
+                {
+                    if (point.Disks.All(d => d.Key != key))
+                        throw new RepositoryException($"Backup {point.Id} has no disk '{key}'. Its disks are: {string.Join(", ", point.Disks.Select(d => d.Key))}.");
+                    disks[key] = repository.OpenDisk(point, key);
+                }
             }
             EndPoint endPoint = unixSocket is not null ? new UnixDomainSocketEndPoint(unixSocket) : new IPEndPoint(IPAddress.Loopback, port);
-            if (unixSocket is not null && File.Exists(unixSocket))
-                throw new IOException($"{unixSocket} already exists; choose another path or remove the stale socket.");
             var server = NbdServer.Start(new NbdServerOptions
             {
                 EndPoint = endPoint,

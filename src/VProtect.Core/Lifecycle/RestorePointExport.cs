@@ -2,6 +2,7 @@ using System.Buffers;
 using VProtect.Core.Formats.Vhd;
 using VProtect.Core.IO;
 using VProtect.Core.Repository;
+using VProtect.Core.Restore.Xva;
 
 namespace VProtect.Core.Lifecycle;
 
@@ -12,7 +13,8 @@ public sealed record ExportedFile(string DiskKey, string Path, ExportFormat Form
 
 /// <summary>
 /// Writes a restore point as standalone files that need no repository: a sparse raw image or a dynamic VHD per
-/// disk (qemu-img converts either onward), or for an XVA-strategy full the XVA as exported.
+/// disk (qemu-img converts either onward), or for an XVA-strategy full the XVA as exported. The disks of an
+/// XVA-strategy point (full or cumulative incremental) are read through <see cref="XvaRestorePointSource"/>.
 /// </summary>
 public static class RestorePointExport
 {
@@ -23,10 +25,10 @@ public static class RestorePointExport
     {
         Directory.CreateDirectory(destination);
         var result = new List<ExportedFile>();
-        if (point.Strategy == BackupStrategy.Xva)
+        if (point.Strategy == BackupStrategy.Xva && format == ExportFormat.Xva)
         {
-            if (format != ExportFormat.Xva || point.Type != BackupType.Full)
-                throw new RepositoryException($"Backup {point.Id} is an XVA-strategy {point.Type.ToString().ToLowerInvariant()}; it can be exported as it is stored (-Format Xva of the full). Restore it with Restore-VMBackup for the merged disks.");
+            if (point.Type != BackupType.Full)
+                throw new RepositoryException($"Backup {point.Id} is an XVA-strategy incremental; only a full is stored as an XVA. Export it as Raw or Vhd (its disks as they were at that point), or restore it with Restore-VMBackup.");
             var xva = point.Files.Single(f => f.Kind == "xva");
             string target = Path.Combine(destination, $"{point.VmName}-{point.Id}.xva".Replace(Path.DirectorySeparatorChar, '_'));
             await CopyFileAsync(repository.GetFilePath(point, xva), target, progress, ct).ConfigureAwait(false);
@@ -35,27 +37,48 @@ public static class RestorePointExport
         }
         if (format == ExportFormat.Xva)
             throw new RepositoryException($"Backup {point.Id} is a block (CBT-strategy) backup; export it as Raw or Vhd (qemu-img converts those onward).");
+        if (point.Strategy == BackupStrategy.Xva)
+        {
+            // One pass over the full's XVA indexes every wanted disk; each is then written like a block backup's disk.
+            var sources = await XvaRestorePointSource.OpenAsync(repository, point, diskKeys, null, ct).ConfigureAwait(false);
+            try
+            {
+                foreach (var (key, source) in sources)
+                    result.Add(await WriteDiskAsync(source, key, destination, format, progress, ct).ConfigureAwait(false));
+            }
+            finally
+            {
+                foreach (var source in sources.Values) source.Dispose();
+            }
+            return result;
+        }
         var disks = diskKeys is { Count: > 0 } ? point.Disks.Where(d => diskKeys.Contains(d.Key)).ToList() : point.Disks;
         foreach (var disk in disks)
         {
             using var source = repository.OpenDisk(point, disk.Key);
-            string name = $"{disk.Key}.{(format == ExportFormat.Raw ? "raw" : "vhd")}";
-            string target = Path.Combine(destination, name);
-            string temp = target + ".partial";
-            using (var handle = File.OpenHandle(temp, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, FileOptions.Asynchronous))
-            {
-                if (format == ExportFormat.Raw) await WriteRawAsync(source, handle, progress, ct).ConfigureAwait(false);
-                else
-                {
-                    var plan = await VhdBlockPlan.FromSourceAsync(source, cancellationToken: ct).ConfigureAwait(false);
-                    await VhdStreamWriter.WriteFileAsync(source, plan, handle, null, 2, progress, ct).ConfigureAwait(false);
-                }
-                RandomAccess.FlushToDisk(handle);
-            }
-            File.Move(temp, target, overwrite: false);
-            result.Add(new ExportedFile(disk.Key, target, format, source.Length, new FileInfo(target).Length));
+            result.Add(await WriteDiskAsync(source, disk.Key, destination, format, progress, ct).ConfigureAwait(false));
         }
         return result;
+    }
+
+    private static async Task<ExportedFile> WriteDiskAsync(IBlockSource source, string diskKey, string destination, ExportFormat format,
+        IProgress<TransferProgress>? progress, CancellationToken ct)
+    {
+        string name = $"{diskKey}.{(format == ExportFormat.Raw ? "raw" : "vhd")}";
+        string target = Path.Combine(destination, name);
+        string temp = target + ".partial";
+        using (var handle = File.OpenHandle(temp, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, FileOptions.Asynchronous))
+        {
+            if (format == ExportFormat.Raw) await WriteRawAsync(source, handle, progress, ct).ConfigureAwait(false);
+            else
+            {
+                var plan = await VhdBlockPlan.FromSourceAsync(source, cancellationToken: ct).ConfigureAwait(false);
+                await VhdStreamWriter.WriteFileAsync(source, plan, handle, null, 2, progress, ct).ConfigureAwait(false);
+            }
+            RandomAccess.FlushToDisk(handle);
+        }
+        File.Move(temp, target, overwrite: false);
+        return new ExportedFile(diskKey, target, format, source.Length, new FileInfo(target).Length);
     }
 
     /// <summary>A sparse raw image: the file gets the disk's length and only allocated ranges are written.</summary>

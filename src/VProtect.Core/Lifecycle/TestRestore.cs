@@ -13,8 +13,9 @@ namespace VProtect.Core.Lifecycle;
 
 /// <summary>
 /// The health check: restores a restore point into the pool as a new VM (the restore engine), reads every restored
-/// disk back over /export_raw_vdi and compares its SHA-256 with the restore point read from the repository, then
-/// removes the test VM and its disks whatever happened.
+/// disk back over /export_raw_vdi and compares its SHA-256 with the restore point read from the repository (CBT: the
+/// block chain; XVA: the full's XVA overlaid with the incremental's VHD delta, <see cref="XvaRestorePointSource"/>),
+/// then removes the test VM and its disks whatever happened.
 /// </summary>
 public static class TestRestore
 {
@@ -29,26 +30,38 @@ public static class TestRestore
             result = await engine.RestoreAsync(session, repository, point,
                 new RestoreOptions { Name = $"vprotect-test-restore {point.VmName} {point.Id}", PowerOn = false }, observer, ct).ConfigureAwait(false);
             var transfer = new XapiHttpTransfer(session);
-            foreach (var disk in result.Disks)
+            IReadOnlyDictionary<string, XvaRestorePointSource>? xvaDisks = null;
+            try
             {
-                if (point.Strategy != BackupStrategy.Cbt)
+                if (point.Strategy == BackupStrategy.Xva)
                 {
-                    observer.OnVerbose($"Disk {disk.SourceKey} restored ({disk.BytesWritten} bytes); XVA-strategy disks are checked by the host's import (chunk checksums), not compared again.");
-                    continue;
+                    // One pass over the stored XVA indexes every restored disk (and checks its chunks once more).
+                    xvaDisks = await XvaRestorePointSource.OpenAsync(repository, point, result.Disks.Select(d => d.SourceKey).ToList(), null, ct).ConfigureAwait(false);
                 }
-                string expected;
-                using (var source = repository.OpenDisk(point, disk.SourceKey))
-                    expected = await HashAsync(source, ct).ConfigureAwait(false);
-                string vdiRef = await session.GetByUuidAsync("VDI", disk.VdiUuid, ct).ConfigureAwait(false);
-                string actual;
-                await using (var download = await transfer.ExportRawVdiAsync(vdiRef, "raw", ct: ct).ConfigureAwait(false))
+                foreach (var disk in result.Disks)
                 {
-                    actual = Convert.ToHexString(await SHA256.HashDataAsync(download.Content, ct).ConfigureAwait(false)).ToLowerInvariant();
-                    await download.CompleteAsync(ct).ConfigureAwait(false);
+                    string expected;
+                    if (xvaDisks is not null) expected = await HashAsync(xvaDisks[disk.SourceKey], ct).ConfigureAwait(false);
+                    else
+                        using (var source = repository.OpenDisk(point, disk.SourceKey))
+                            expected = await HashAsync(source, ct).ConfigureAwait(false);
+                    string vdiRef = await session.GetByUuidAsync("VDI", disk.VdiUuid, ct).ConfigureAwait(false);
+                    string actual;
+                    await using (var download = await transfer.ExportRawVdiAsync(vdiRef, "raw", ct: ct).ConfigureAwait(false))
+                    {
+                        actual = Convert.ToHexString(await SHA256.HashDataAsync(download.Content, ct).ConfigureAwait(false)).ToLowerInvariant();
+                        await download.CompleteAsync(ct).ConfigureAwait(false);
+                    }
+                    if (actual != expected)
+                        problems.Add(new VerificationProblem(point.Id, $"VDI {disk.VdiUuid}", 0,
+                            $"test restore: disk {disk.SourceKey} reads back with SHA-256 {actual}, the backup holds {expected}."));
+                    else
+                        observer.OnVerbose($"Disk {disk.SourceKey} restored and read back equal to the backup (SHA-256 {expected}).");
                 }
-                if (actual != expected)
-                    problems.Add(new VerificationProblem(point.Id, $"VDI {disk.VdiUuid}", 0,
-                        $"test restore: disk {disk.SourceKey} reads back with SHA-256 {actual}, the backup holds {expected}."));
+            }
+            finally
+            {
+                if (xvaDisks is not null) foreach (var d in xvaDisks.Values) d.Dispose();
             }
         }
         catch (Exception ex) when (ex is not OperationCanceledException)

@@ -1,0 +1,186 @@
+using System.Security.Cryptography;
+using VProtect.Core.Backup;
+using VProtect.Core.IO;
+using VProtect.Core.Lifecycle;
+using VProtect.Core.Repository;
+using VProtect.Core.Restore.Xva;
+using VProtect.Core.Xapi;
+using VProtect.Core.Xapi.Records;
+using VProtect.Simulator.Control;
+using VProtect.Simulator.Scenario;
+using Xunit;
+
+namespace VProtect.Simulator.Tests.XvaStrategy;
+
+/// <summary>
+/// XVA-strategy restore points read without the host (<see cref="XvaRestorePointSource"/>) against the simulator's own
+/// disks at each snapshot, and the health check (<see cref="TestRestore"/>) comparing every restored XVA disk with them.
+/// </summary>
+public sealed class XvaRestorePointTests : IAsyncLifetime
+{
+    private XenSimulator _sim = null!;
+    private XapiSession _session = null!;
+    private readonly string _repoPath = Path.Combine(Path.GetTempPath(), "vprotect-xvapoint-sim", Guid.NewGuid().ToString("n"));
+    private BackupRepository _repo = null!;
+    private string _vmRef = "";
+    private readonly BackupEngine _engine = new(new VProtect.Core.Backup.Xva.XvaStrategy());
+    private readonly Observer _observer = new();
+
+    public async Task InitializeAsync()
+    {
+        _sim = await XenSimulator.StartAsync(new SimulatorOptions { HttpsPort = null });
+        TestDataPlane.InstallIfMissing(_sim);
+        _session = await XapiSession.LoginAsync(_sim.Url, _sim.User, _sim.Password);
+        _repo = BackupRepository.Open(_repoPath, create: true);
+        _vmRef = (await _session.GetByNameLabelAsync("VM", DefaultScenario.WebVm)).Single();
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _session.DisposeAsync();
+        await _sim.DisposeAsync();
+        try { Directory.Delete(_repoPath, recursive: true); } catch (DirectoryNotFoundException) { }
+    }
+
+    private sealed class Observer : IBackupObserver
+    {
+        public List<string> Warnings { get; } = new();
+        public void OnProgress(BackupProgress p) { }
+        public void OnWarning(string message) { lock (Warnings) Warnings.Add(message); }
+        public void OnVerbose(string message) { }
+    }
+
+    private static CancellationToken Timeout() => new CancellationTokenSource(TimeSpan.FromMinutes(5)).Token;
+
+    private Task<BackupResult> BackupAsync(BackupType type, bool compress = false) =>
+        _engine.RunAsync(_session, _repo, _vmRef, new BackupOptions { Strategy = BackupStrategy.Xva, Type = type, UseCompression = compress }, _observer, Timeout());
+
+    private async Task<List<VdiRecord>> SourceDisksAsync()
+    {
+        var vm = await _session.GetRecordAsync<VmRecord>(_vmRef);
+        var disks = new List<(string, VdiRecord)>();
+        foreach (var vbdRef in vm.VBDs)
+        {
+            var vbd = await _session.GetRecordAsync<VbdRecord>(vbdRef);
+            if (vbd.Type == "Disk") disks.Add((vbd.UserDevice, await _session.GetRecordAsync<VdiRecord>(vbd.VDI)));
+        }
+        return disks.OrderBy(d => d.Item1, StringComparer.Ordinal).Select(d => d.Item2).ToList();
+    }
+
+    /// <summary>The simulator's SHA-256 of each source disk now, by disk key (the source VDI uuid).</summary>
+    private async Task<Dictionary<string, string>> SourceHashesAsync(List<VdiRecord> disks)
+    {
+        var result = new Dictionary<string, string>();
+        foreach (var d in disks) result[d.Uuid] = (await ControlApi.HashAsync(_sim.OpenVdi(d.Uuid), Timeout())).ToLowerInvariant();
+        return result;
+    }
+
+    private static async Task<string> HashAsync(IBlockSource source)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var buffer = new byte[4 << 20];
+        for (long at = 0; at < source.Length;)
+        {
+            int n = (int)Math.Min(buffer.Length, source.Length - at);
+            await source.ReadAsync(at, buffer.AsMemory(0, n), default);
+            sha.AppendData(buffer, 0, n);
+            at += n;
+        }
+        return Convert.ToHexString(sha.GetHashAndReset()).ToLowerInvariant();
+    }
+
+    private async Task AssertPointAsync(BackupManifest point, Dictionary<string, string> expected)
+    {
+        var sources = await XvaRestorePointSource.OpenAsync(_repo, point, null, new XvaRestorePointOptions { SpillDirectory = Path.Combine(_repoPath, "spill") }, Timeout());
+        try
+        {
+            Assert.Equal(expected.Keys.Order(), sources.Keys.Order());
+            foreach (var (key, source) in sources)
+                Assert.True(expected[key] == await HashAsync(source), $"{point.Type} {point.Id}: disk {key} differs from the source disk at its snapshot");
+        }
+        finally
+        {
+            foreach (var s in sources.Values) s.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task The_full_and_each_cumulative_incremental_read_as_the_source_disks_at_their_snapshots()
+    {
+        var disks = await SourceDisksAsync();
+        var full = await BackupAsync(BackupType.Full);
+        var atFull = await SourceHashesAsync(disks);
+        await ControlApi.WriteAsync(_sim.OpenVdi(disks[0].Uuid), (3L << 20) + 4096, (2L << 20) + 512, 91, Timeout()); // unaligned
+        await ControlApi.WriteAsync(_sim.OpenVdi(disks[1].Uuid), 600L << 20, 1L << 20, 92, Timeout());
+        var inc1 = await BackupAsync(BackupType.Incremental);
+        var atInc1 = await SourceHashesAsync(disks);
+        await ControlApi.WriteAsync(_sim.OpenVdi(disks[0].Uuid), 3L << 20, 1L << 20, 93, Timeout());
+        await ControlApi.WriteAsync(_sim.OpenVdi(disks[0].Uuid), 1500L << 20, 64 << 10, 94, Timeout());
+        var inc2 = await BackupAsync(BackupType.Incremental);
+        var atInc2 = await SourceHashesAsync(disks);
+
+        Assert.Equal(BackupType.Incremental, inc2.Backup.Type);
+        Assert.NotEqual(atFull, atInc1);
+        Assert.NotEqual(atInc1, atInc2);
+        await AssertPointAsync(full.Backup, atFull);
+        await AssertPointAsync(inc1.Backup, atInc1);
+        await AssertPointAsync(inc2.Backup, atInc2);
+    }
+
+    [Fact]
+    public async Task A_zstd_full_reads_as_the_source_disks()
+    {
+        var disks = await SourceDisksAsync();
+        var full = await BackupAsync(BackupType.Full, compress: true);
+        Assert.Equal("zstd", full.Backup.Properties["xva.compression"]);
+        await AssertPointAsync(full.Backup, await SourceHashesAsync(disks));
+        Assert.Empty(Directory.GetFiles(Path.Combine(_repoPath, "spill")));
+    }
+
+    [Fact]
+    public async Task Test_restore_of_an_incremental_compares_every_disk_and_removes_the_test_vm()
+    {
+        var disks = await SourceDisksAsync();
+        await BackupAsync(BackupType.Full);
+        await ControlApi.WriteAsync(_sim.OpenVdi(disks[0].Uuid), 5L << 20, 1L << 20, 95, Timeout());
+        var inc = await BackupAsync(BackupType.Incremental);
+        int vms = _sim.Core.Db.All("VM").Count, vdis = _sim.Core.Db.All("VDI").Count;
+
+        var problems = await TestRestore.RunAsync(_session, _repo, inc.Backup, _observer, Timeout());
+        Assert.Empty(problems);
+        Assert.Equal(vms, _sim.Core.Db.All("VM").Count);
+        Assert.Equal(vdis, _sim.Core.Db.All("VDI").Count);
+    }
+
+    [Fact]
+    public async Task Test_restore_finds_a_disk_the_host_imported_wrongly()
+    {
+        var disks = await SourceDisksAsync();
+        await BackupAsync(BackupType.Full);
+        await ControlApi.WriteAsync(_sim.OpenVdi(disks[1].Uuid), 7L << 20, 1L << 20, 96, Timeout());
+        var inc = await BackupAsync(BackupType.Incremental);
+        int vms = _sim.Core.Db.All("VM").Count;
+
+        // A host that applies the delta and then silently damages the disk: the stored files are all fine, so only the
+        // comparison of the restored disk with the backup can find it.
+        var import = _sim.Routes.Find("PUT", "/import_raw_vdi")!;
+        string? damaged = null;
+        _sim.Routes.Add("PUT", "/import_raw_vdi", async (x, ct) =>
+        {
+            await import(x, ct);
+            var vdi = _sim.Core.Db.Get("VDI", x.Request.Query["vdi"]);
+            if (damaged is null)
+            {
+                damaged = vdi.Uuid;
+                await ControlApi.WriteAsync(_sim.OpenVdi(vdi.Uuid), 11L << 20, 4096, 97, ct);
+            }
+        });
+
+        var problems = await TestRestore.RunAsync(_session, _repo, inc.Backup, _observer, Timeout());
+        Assert.NotNull(damaged);
+        var problem = Assert.Single(problems);
+        Assert.Contains(damaged!, problem.File);
+        Assert.Contains("reads back with SHA-256", problem.Message);
+        Assert.Equal(vms, _sim.Core.Db.All("VM").Count);
+    }
+}
