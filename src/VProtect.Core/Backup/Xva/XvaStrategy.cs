@@ -77,6 +77,7 @@ public sealed class XvaStrategy : IBackupStrategy
     {
         string? compression = run.Options.UseCompression ? "zstd" : null;
         long total = run.Disks.Sum(d => d.Vdi.VirtualSize);
+        run.Report("Requesting XVA export", null, 0, total);
         await using var download = await transfer.ExportVmAsync(snapshot.Ref, compression, null, ct).ConfigureAwait(false);
         await using (var file = writer.CreateFile(XvaFileName, XvaFileKind))
         {
@@ -94,7 +95,9 @@ public sealed class XvaStrategy : IBackupStrategy
             await tee.DrainAsync(ct).ConfigureAwait(false);
             writer.Manifest.Properties[XvaKeys.Compression] = read.Compression.ToString().ToLowerInvariant();
             writer.Manifest.Properties[XvaKeys.XvaDisks] = read.Disks.Count.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            run.Report("Flushing XVA", null, total, total);
         }
+        run.Report("Completing export task", null, total, total);
         await download.CompleteAsync(ct).ConfigureAwait(false);
     }
 
@@ -106,6 +109,7 @@ public sealed class XvaStrategy : IBackupStrategy
         foreach (var disk in run.Disks)
         {
             var snapVdi = snapshot.VdisBySource[disk.Vdi.OpaqueRef];
+            run.Report("Requesting VHD delta", disk.Device, 0, 0);
             var baseVdiRef = await run.Session.GetByUuidAsync("VDI", fullDisks[disk.Key].SnapshotVdiUuid, ct).ConfigureAwait(false);
             await using var download = await transfer.ExportRawVdiAsync(snapVdi.OpaqueRef, "vhd", baseVdiRef, -1, null, ct).ConfigureAwait(false);
             await using (var file = writer.CreateFile(DeltaFileName(disk.Key), VhdFileKind, disk.Key))
@@ -121,7 +125,9 @@ public sealed class XvaStrategy : IBackupStrategy
                     throw new XvaBackupException($"The VHD delta of disk {disk.Device} of '{run.Vm.NameLabel}' is damaged ({ex.Message}); nothing was committed. Run the backup again.", ex);
                 }
                 await tee.DrainAsync(ct).ConfigureAwait(false);
+                run.Report("Flushing VHD delta", disk.Device, 0, 0);
             }
+            run.Report("Completing export task", disk.Device, 0, 0);
             await download.CompleteAsync(ct).ConfigureAwait(false);
         }
     }
