@@ -126,6 +126,7 @@ public sealed class BackupEngine
             manifest.Properties["snapshotConsistency"] = snapshot.Quiesced ? "quiesced" : "crash-consistent";
             await using var writer = repository.BeginBackup(chainLock, manifest);
             var excludedRefs = excluded.Select(d => d.Vdi.OpaqueRef).ToHashSet();
+            run.Report("VM metadata", null, 0, 0);
             var metadata = await VmMetadata.CaptureAsync(session, vm, snapshot.Uuid, excludedRefs, ct).ConfigureAwait(false);
             await writer.WriteVmMetadataAsync(metadata, ct).ConfigureAwait(false);
             await strategy.TransferAsync(run, plan, snapshot, writer, ct).ConfigureAwait(false);
@@ -140,6 +141,7 @@ public sealed class BackupEngine
 
         // The backup is safe in the repository; what follows only tidies the host, so a failure here is a warning.
         bool kept = options.KeepSnapshot;
+        run.Report("Releasing snapshots", null, 0, 0);
         try
         {
             if (kept)

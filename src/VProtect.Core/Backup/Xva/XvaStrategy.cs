@@ -24,6 +24,17 @@ public sealed class XvaStrategy : IBackupStrategy
 
     public XvaStrategy() { }
 
+    /// <summary>
+    /// How many disks' VHD deltas an incremental streams at once (default 2). A full is one XVA stream whatever the
+    /// number of disks.
+    /// </summary>
+    public int DiskConcurrency
+    {
+        get => _diskConcurrency;
+        init => _diskConcurrency = value is >= 1 and <= 16 ? value : throw new ArgumentOutOfRangeException(nameof(DiskConcurrency), value, "Between 1 and 16 disks at once.");
+    }
+    private readonly int _diskConcurrency = 2;
+
     public BackupStrategy Kind => BackupStrategy.Xva;
 
     public static string DeltaFileName(string diskKey) => diskKey + ".vhd";
@@ -77,6 +88,7 @@ public sealed class XvaStrategy : IBackupStrategy
     {
         string? compression = run.Options.UseCompression ? "zstd" : null;
         long total = run.Disks.Sum(d => d.Vdi.VirtualSize);
+        run.Report("Requesting the XVA export", null, 0, total);
         await using var download = await transfer.ExportVmAsync(snapshot.Ref, compression, null, ct).ConfigureAwait(false);
         await using (var file = writer.CreateFile(XvaFileName, XvaFileKind))
         {
@@ -94,36 +106,50 @@ public sealed class XvaStrategy : IBackupStrategy
             await tee.DrainAsync(ct).ConfigureAwait(false);
             writer.Manifest.Properties[XvaKeys.Compression] = read.Compression.ToString().ToLowerInvariant();
             writer.Manifest.Properties[XvaKeys.XvaDisks] = read.Disks.Count.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            run.Report("Flushing the XVA", null, total, total);
         }
+        run.Report("Completing the export", null, total, total);
         await download.CompleteAsync(ct).ConfigureAwait(false);
     }
 
-    private static async Task TransferIncrementalAsync(BackupRun run, BackupManifest full, SnapshotInfo snapshot, BackupWriter writer,
+    private async Task TransferIncrementalAsync(BackupRun run, BackupManifest full, SnapshotInfo snapshot, BackupWriter writer,
         XapiHttpTransfer transfer, CancellationToken ct)
     {
         var fullDisks = XvaKeys.ReadDisks(full);
         writer.Manifest.Properties[XvaKeys.Cumulative] = "true";
-        foreach (var disk in run.Disks)
+        // The files are created up front, in disk order, so the manifest lists them the same way whatever finishes first.
+        // After a failure, files a transfer did not reach are closed and dropped with the writer's partial folder.
+        var deltas = run.Disks.Select(disk => (Disk: disk, File: writer.CreateFile(DeltaFileName(disk.Key), VhdFileKind, disk.Key))).ToList();
+        // Each disk's delta is its own export_raw_vdi request (xapi serves each from its own vhd-tool process), so up to
+        // DiskConcurrency of them stream at once. The first failure cancels the others and is the one thrown.
+        await Parallel.ForEachAsync(deltas, new ParallelOptions { MaxDegreeOfParallelism = DiskConcurrency, CancellationToken = ct },
+            (d, token) => new ValueTask(TransferDeltaAsync(run, fullDisks[d.Disk.Key], d.Disk, snapshot, d.File, transfer, token))).ConfigureAwait(false);
+    }
+
+    private static async Task TransferDeltaAsync(BackupRun run, XvaDiskInfo baseDisk, BackupDisk disk, SnapshotInfo snapshot, Stream file,
+        XapiHttpTransfer transfer, CancellationToken ct)
+    {
+        var snapVdi = snapshot.VdisBySource[disk.Vdi.OpaqueRef];
+        run.Report($"Requesting the VHD delta of {disk.Device}", null, 0, 0);
+        var baseVdiRef = await run.Session.GetByUuidAsync("VDI", baseDisk.SnapshotVdiUuid, ct).ConfigureAwait(false);
+        await using var download = await transfer.ExportRawVdiAsync(snapVdi.OpaqueRef, "vhd", baseVdiRef, -1, null, ct).ConfigureAwait(false);
+        await using (file)
         {
-            var snapVdi = snapshot.VdisBySource[disk.Vdi.OpaqueRef];
-            var baseVdiRef = await run.Session.GetByUuidAsync("VDI", fullDisks[disk.Key].SnapshotVdiUuid, ct).ConfigureAwait(false);
-            await using var download = await transfer.ExportRawVdiAsync(snapVdi.OpaqueRef, "vhd", baseVdiRef, -1, null, ct).ConfigureAwait(false);
-            await using (var file = writer.CreateFile(DeltaFileName(disk.Key), VhdFileKind, disk.Key))
+            var tee = new TeeReadStream(download.Content, file);
+            try
             {
-                var tee = new TeeReadStream(download.Content, file);
-                try
-                {
-                    await VhdStreamReader.ApplyAsync(tee, new DiscardBlockTarget(snapVdi.VirtualSize), $"the VHD delta of disk {disk.Device}",
-                        null, new SyncProgress(p => run.Report("Exporting VHD delta", disk.Device, p.BytesDone, p.BytesTotal)), ct).ConfigureAwait(false);
-                }
-                catch (BackupFormatException ex)
-                {
-                    throw new XvaBackupException($"The VHD delta of disk {disk.Device} of '{run.Vm.NameLabel}' is damaged ({ex.Message}); nothing was committed. Run the backup again.", ex);
-                }
-                await tee.DrainAsync(ct).ConfigureAwait(false);
+                await VhdStreamReader.ApplyAsync(tee, new DiscardBlockTarget(snapVdi.VirtualSize), $"the VHD delta of disk {disk.Device}",
+                    null, new SyncProgress(p => run.Report("Exporting VHD delta", disk.Device, p.BytesDone, p.BytesTotal)), ct).ConfigureAwait(false);
             }
-            await download.CompleteAsync(ct).ConfigureAwait(false);
+            catch (BackupFormatException ex)
+            {
+                throw new XvaBackupException($"The VHD delta of disk {disk.Device} of '{run.Vm.NameLabel}' is damaged ({ex.Message}); nothing was committed. Run the backup again.", ex);
+            }
+            await tee.DrainAsync(ct).ConfigureAwait(false);
+            run.Report($"Flushing the VHD delta of {disk.Device}", null, 0, 0);
         }
+        run.Report($"Completing the export of {disk.Device}", null, 0, 0);
+        await download.CompleteAsync(ct).ConfigureAwait(false);
     }
 
     public IReadOnlyList<string> SnapshotsToRelease(BackupRun run, BackupPlan plan, BackupManifest committed)
