@@ -5,7 +5,8 @@ namespace VProtect.Core.Xapi;
 
 public sealed partial class XapiSession
 {
-    private static readonly TimeSpan FirstPoll = TimeSpan.FromMilliseconds(50);
+    // Short first wait: simulator and fast host operations (snapshot, destroy) finish in tens of ms; the delay doubles.
+    private static readonly TimeSpan FirstPoll = TimeSpan.FromMilliseconds(10);
 
     /// <summary>
     /// Runs <c>Async.&lt;method&gt;</c> and waits for its task: progress is reported from 0 to 1, cancelling the token
