@@ -36,7 +36,8 @@ public sealed class XvaBenchmarks : IBenchmark
             XvaWriteResult written = null!;
             var write = await MeasureAsync(async () =>
             {
-                using var src = new FileBlockSource(raw);
+                using var file = FileBlockDevice.OpenRead(raw);
+                var src = new WholeRangeSource(file);
                 written = await XvaWriter.WriteFileAsync(xva, meta, [new XvaDiskSource("Ref:2", src)],
                     new XvaWriteOptions { KeepAliveInterval = null }, cancellationToken);
             });
@@ -45,7 +46,8 @@ public sealed class XvaBenchmarks : IBenchmark
             // Ours: read into a sparse raw file, and verify-only
             var read = await MeasureAsync(async () =>
             {
-                using var target = new FileBlockTarget(restored, size);
+                using var file = FileBlockDevice.Create(restored, size, overwrite: true, writeBehindBytes: 0);
+                var target = new NoFsyncTarget(file);
                 await XvaReader.ReadFileAsync(xva, new XvaReadOptions
                 {
                     OpenTarget = (_, _) => ValueTask.FromResult<IBlockTarget?>(target),
@@ -187,44 +189,25 @@ public sealed class XvaBenchmarks : IBenchmark
         }
     }
 
-    /// <summary>A raw file as a block source; it cannot tell holes, so every chunk is read and zero-checked (xapi's raw path).</summary>
-    private sealed class FileBlockSource(string path) : IBlockSource, IDisposable
+    /// <summary>A raw file as xapi's raw path sees it: it cannot tell holes, so every chunk is read and zero-checked.</summary>
+    private sealed class WholeRangeSource(FileBlockDevice file) : IBlockSource
     {
-        private readonly SafeFileHandle _handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.Asynchronous);
-        public long Length => RandomAccess.GetLength(_handle);
-        public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
-        {
-            int done = 0;
-            while (done < buffer.Length)
-            {
-                int n = await RandomAccess.ReadAsync(_handle, buffer[done..], offset + done, cancellationToken);
-                if (n == 0) { buffer.Span[done..].Clear(); break; }
-                done += n;
-            }
-        }
+        public long Length => file.Length;
+        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) => file.ReadAsync(offset, buffer, cancellationToken);
         public async IAsyncEnumerable<Extent> GetAllocatedExtentsAsync(long offset, long length, [EnumeratorCancellation] CancellationToken cancellationToken)
         {
             await Task.CompletedTask;
             yield return new Extent(offset, length);
         }
-        public void Dispose() => _handle.Dispose();
     }
 
-    private sealed class FileBlockTarget : IBlockTarget, IDisposable
+    /// <summary>The restored file without the closing fsync (the peers, tar and cat, do not sync either).</summary>
+    private sealed class NoFsyncTarget(FileBlockDevice file) : IBlockTarget
     {
-        private readonly SafeFileHandle _handle;
-        public FileBlockTarget(string path, long length)
-        {
-            _handle = File.OpenHandle(path, FileMode.Create, FileAccess.ReadWrite, FileShare.None);
-            RandomAccess.SetLength(_handle, length);
-            Length = length;
-        }
-        public long Length { get; }
-        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) =>
-            RandomAccess.WriteAsync(_handle, data, offset, cancellationToken);
+        public long Length => file.Length;
+        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) => file.WriteAsync(offset, data, cancellationToken);
         public ValueTask WriteZeroesAsync(long offset, long length, CancellationToken cancellationToken) =>
             throw new NotSupportedException("The benchmark reads into a fresh sparse file with ZeroOmittedChunks = false.");
         public ValueTask FlushAsync(CancellationToken cancellationToken) => ValueTask.CompletedTask;
-        public void Dispose() => _handle.Dispose();
     }
 }

@@ -95,6 +95,46 @@ public sealed class VhdQemuTests : IDisposable
     }
 
     [Fact]
+    public async Task A_sparse_raw_file_becomes_the_same_vhd_content_as_qemu_img_makes_by_both_of_our_writers()
+    {
+        // A raw file with holes, random data and allocated zeros, read through SEEK_DATA/SEEK_HOLE.
+        long size = (40L << 20) + 7 * 512;
+        var rng = new Random(4);
+        using (var raw = FileBlockDevice.Create(P("src.raw"), size))
+        {
+            for (int i = 0; i < 25; i++)
+            {
+                long start = rng.NextInt64(size / 512) * 512;
+                var data = new byte[Math.Min(rng.Next(1, 3_000_000) / 512 * 512 + 512, size - start)];
+                if (i % 4 != 0) rng.NextBytes(data); // every fourth extent is allocated zeros
+                await raw.WriteAsync(start, data, default);
+            }
+            await raw.FlushAsync(default);
+        }
+        using var source = FileBlockDevice.OpenRead(P("src.raw"));
+        var plan = await VhdBlockPlan.FromSourceAsync(source);
+        Assert.Contains(plan.Blocks, b => !b.IsFull);
+        var options = new VhdWriteOptions();
+        using (var handle = File.OpenHandle(P("file.vhd"), FileMode.CreateNew, FileAccess.ReadWrite))
+            await VhdStreamWriter.WriteFileAsync(source, plan, handle, options, concurrency: 4);
+        await using (var fs = File.Create(P("stream.vhd")))
+            await VhdStreamWriter.WriteAsync(source, plan, fs, options);
+        Assert.Equal(await File.ReadAllBytesAsync(P("stream.vhd")), await File.ReadAllBytesAsync(P("file.vhd")));
+        Assert.Equal(VhdStreamWriter.ComputeLength(plan, options), new FileInfo(P("file.vhd")).Length);
+
+        var (rc, output) = QemuImg("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on", P("src.raw"), P("qemu.vhd"));
+        Assert.True(rc == 0, output);
+        foreach (var ours in new[] { "file.vhd", "stream.vhd" })
+        {
+            (rc, output) = QemuImg("compare", "-f", "vpc", "-F", "raw", P(ours), P("src.raw"));
+            Assert.True(rc == 0, $"qemu-img compare {ours} vs the raw source: {output}");
+            (rc, output) = QemuImg("compare", "-f", "vpc", "-F", "vpc", P(ours), P("qemu.vhd"));
+            Assert.True(rc == 0, $"qemu-img compare {ours} vs qemu-img's own VHD: {output}");
+        }
+        Assert.Equal(size, Info(P("file.vhd"), "vpc").GetProperty("virtual-size").GetInt64());
+    }
+
+    [Fact]
     public async Task Creator_caml_makes_qemu_truncate_to_chs_which_is_why_we_write_qem2()
     {
         long size = 1L << 30;
@@ -219,7 +259,7 @@ public sealed class VhdQemuTests : IDisposable
         var (rc, output) = QemuImg("compare", "-f", "vpc", "-F", "raw", P("merged.vhd"), P("reference.raw"));
         Assert.True(rc == 0, $"qemu-img compare merged vs reference: {output}");
 
-        using (var raw = new VhdRawFileDisk(P("restored.raw"), size))
+        using (var raw = FileBlockDevice.Create(P("restored.raw"), size))
             await BlockCopier.CopyAsync(chain, raw);
         (rc, output) = QemuImg("compare", "-f", "raw", "-F", "raw", P("restored.raw"), P("reference.raw"));
         Assert.True(rc == 0, $"qemu-img compare chain->raw vs reference: {output}");

@@ -288,4 +288,71 @@ public class VhdFileWriterTests
         }
         finally { File.Delete(path); }
     }
+
+    [Fact]
+    public async Task File_writer_leaves_zero_data_as_holes_yet_reads_back_the_stream_writers_bytes()
+    {
+        const int MiB = 1 << 20;
+        long size = (24L << 20) + 3 * 512; // the last block is cut by the disk end
+        var disk = new SparseMemoryDisk(size);
+        var rng = new Random(77);
+        var model = new byte[size];
+        await FillAsync(rng, disk, model, new[] { new Extent(0, 3 * MiB), new Extent(9 * MiB + 4096, 700_000), new Extent(size - 5000 / 512 * 512, 5000 / 512 * 512) });
+        // Allocated but zero: a whole block, a 64 KiB-aligned piece inside a random block, an unaligned run.
+        await disk.WriteAsync(4 * MiB, new byte[2 * MiB], default);
+        await disk.WriteAsync(MiB, new byte[128 * 1024], default);
+        await disk.WriteAsync(12 * MiB + 512, new byte[10_240], default);
+        var plan = await VhdBlockPlan.FromSourceAsync(disk);
+        var options = new VhdWriteOptions { UniqueId = Guid.NewGuid(), Timestamp = DateTimeOffset.FromUnixTimeSeconds(1_800_000_000) };
+        var expected = await WriteVhdAsync(disk, plan, options);
+        var path = Path.Combine(Path.GetTempPath(), $"vhdfile-{Guid.NewGuid():N}.vhd");
+        try
+        {
+            using (var handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite))
+                await VhdStreamWriter.WriteFileAsync(disk, plan, handle, options, 3, writeBehindWindow: MiB, null, default);
+            AssertEqualBytes(expected, await File.ReadAllBytesAsync(path));
+            if (OperatingSystem.IsLinux())
+            {
+                // The all-zero block's data (block 2 of the disk, the 2nd planned block) was never written: a hole.
+                int blockBytes = 512 + 2 * MiB;
+                long metadata = VhdStreamWriter.ComputeLength(plan, options) - (long)plan.Blocks.Count * blockBytes - 512;
+                int order = plan.Blocks.Select((b, i) => (b, i)).Single(x => x.b.Index == 2).i;
+                long dataStart = metadata + (long)order * blockBytes + 512;
+                using var file = FileBlockDevice.OpenRead(path);
+                await foreach (var e in file.GetAllocatedExtentsAsync(0, file.Length, default))
+                    Assert.False(e.Offset < dataStart + 2 * MiB - 8192 && e.End > dataStart + 8192, $"extent {e} covers the zero block's data at {dataStart}");
+            }
+        }
+        finally { File.Delete(path); }
+    }
+
+    [Fact]
+    public async Task File_writer_stops_and_reports_the_source_failure()
+    {
+        var disk = new SparseMemoryDisk(16L << 20);
+        await disk.WriteAsync(0, new byte[] { 1 }, default);
+        await disk.WriteAsync(8L << 20, new byte[] { 1 }, default);
+        var plan = await VhdBlockPlan.FromSourceAsync(disk);
+        var path = Path.Combine(Path.GetTempPath(), $"vhdfile-{Guid.NewGuid():N}.vhd");
+        try
+        {
+            using var handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite);
+            var ex = await Assert.ThrowsAsync<IOException>(() => VhdStreamWriter.WriteFileAsync(new FailingSource(disk, 8L << 20), plan, handle, null, 4));
+            Assert.Contains("broken at", ex.Message);
+        }
+        finally { File.Delete(path); }
+    }
+
+    private sealed class FailingSource(SparseMemoryDisk inner, long failAt) : IBlockSource
+    {
+        public long Length => inner.Length;
+        public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+        {
+            await Task.Yield();
+            if (offset <= failAt && failAt < offset + buffer.Length) throw new IOException($"broken at {failAt}");
+            await inner.ReadAsync(offset, buffer, cancellationToken);
+        }
+        public IAsyncEnumerable<Extent> GetAllocatedExtentsAsync(long offset, long length, CancellationToken cancellationToken) =>
+            inner.GetAllocatedExtentsAsync(offset, length, cancellationToken);
+    }
 }
