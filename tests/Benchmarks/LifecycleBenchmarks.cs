@@ -54,15 +54,20 @@ public sealed class LifecycleBenchmarks : IBenchmark
             }
             var readTime = clock.Elapsed;
 
-            // The compaction rule's cost (once every few merges): a second 1 % incremental, and the merge that rewrites a plain full.
-            var changed2 = Enumerable.Range(0, (int)(blocks / 100)).Select(_ => rng.NextInt64(blocks)).Distinct().Order()
-                .Select(b => (b * Block, pool[(int)((b + 1) % pool.Length)].AsMemory(0, Block).ToArray(), (int)b + 1)).ToList();
-            await WriteAsync(repo, BackupType.Incremental, merged.Id, size, changed2, cancellationToken);
-            clock.Restart();
-            await BackupRemover.ApplyAsync(repo, Vm, () => BackupRemover.PlanRemoval(repo, Vm, new[] { merged.Id }), TimeSpan.FromSeconds(10),
-                CompactionPolicy.Always, null, null, cancellationToken);
-            var compactTime = clock.Elapsed;
-            var compacted = repo.ListBackups(Vm).Single();
+            // The compaction rule's costs: a second and a third 1 % incremental; the merge of the second folds the layers
+            // above the full (layer limit, here 2), the merge of the third rewrites a plain full (dead-bytes limit, here 0).
+            async Task<(TimeSpan Time, BackupManifest Result)> MergeNextAsync(BackupManifest point, int stamp, CompactionPolicy policy)
+            {
+                var next = Enumerable.Range(0, (int)(blocks / 100)).Select(_ => rng.NextInt64(blocks)).Distinct().Order()
+                    .Select(b => (b * Block, pool[(int)((b + stamp) % pool.Length)].AsMemory(0, Block).ToArray(), (int)b + stamp)).ToList();
+                await WriteAsync(repo, BackupType.Incremental, point.Id, size, next, cancellationToken);
+                var watch = Stopwatch.StartNew();
+                await BackupRemover.ApplyAsync(repo, Vm, () => BackupRemover.PlanRemoval(repo, Vm, new[] { point.Id }), TimeSpan.FromSeconds(10),
+                    policy, null, null, cancellationToken);
+                return (watch.Elapsed, repo.ListBackups(Vm).Single());
+            }
+            var (foldTime, folded) = await MergeNextAsync(merged, 1, new CompactionPolicy(MaxLayers: 2, MaxDeadFraction: double.PositiveInfinity));
+            var (compactTime, compacted) = await MergeNextAsync(folded, 2, CompactionPolicy.Always);
 
             report.WriteLine($"## lifecycle ({size >> 30} GiB disk, {Environment.ProcessorCount} cores)");
             report.WriteLine();
@@ -75,7 +80,8 @@ public sealed class LifecycleBenchmarks : IBenchmark
             var layers = merged.Disks[0].Layers();
             report.WriteLine($"| synthetic full (format version {merged.FormatVersion}) | | {layers.Count} layers, {merged.StoredBytes / 1e6:N0} MB stored, {layers.Sum(l => (long)l.RecordCount)} records, {merged.Disks[0].DeadBytes / 1e6:N1} MB dead |");
             report.WriteLine($"| read the synthetic full through its layers (restore read path) | {readTime.TotalSeconds:N2} s | {size / readTime.TotalSeconds / 1e6:N0} MB/s of disk |");
-            report.WriteLine($"| compaction: merge of a second 1 % incremental rewriting a plain full | {compactTime.TotalSeconds:N2} s | {compactTime / fullTime * 100:N1} % of the full backup; {compacted.StoredBytes / 1e6:N0} MB stored, {compacted.Disks[0].RecordCount} records, format version {compacted.FormatVersion} |");
+            report.WriteLine($"| layer limit: merge of a second 1 % incremental folding the layers above the full | {foldTime.TotalSeconds:N2} s | {foldTime / fullTime * 100:N1} % of the full backup; {folded.Disks[0].Layers().Count} layers, {folded.Disks[0].DeadBytes / 1e6:N1} MB dead |");
+            report.WriteLine($"| dead-bytes limit: merge of a third 1 % incremental rewriting a plain full | {compactTime.TotalSeconds:N2} s | {compactTime / fullTime * 100:N1} % of the full backup; {compacted.StoredBytes / 1e6:N0} MB stored, {compacted.Disks[0].RecordCount} records, format version {compacted.FormatVersion} |");
             report.WriteLine();
         }
         finally

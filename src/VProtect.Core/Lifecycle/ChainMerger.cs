@@ -9,10 +9,22 @@ using ZstdSharp;
 
 namespace VProtect.Core.Lifecycle;
 
+/// <summary>How a merge writes a disk (see <see cref="CompactionPolicy"/>).</summary>
+public enum CompactionKind
+{
+    /// <summary>Stack: the absorbed layers are linked below the target's; nothing is rewritten.</summary>
+    None,
+    /// <summary>Fold every layer above the bottom one (the full's) into one new layer; the bottom stays linked.</summary>
+    FoldUpperLayers,
+    /// <summary>Rewrite the disk as one plain layer (a plain full for a synthetic full), with no dead bytes.</summary>
+    PlainFull,
+}
+
 /// <summary>
-/// When a merge rewrites a disk as one plain layer instead of stacking layers: when the stack would have more than
-/// <see cref="MaxLayers"/> layers, or when more than <see cref="MaxDeadFraction"/> of its data files' bytes are dead
-/// (overwritten by newer layers). Stacking costs links; compaction costs a copy of the live data (about a full).
+/// Keeps layer stacks short and dead bytes bounded. When a disk's stack would have more than <see cref="MaxLayers"/>
+/// layers, the layers above the bottom one are folded into one (cost: the incrementals' data, not the full's). When
+/// more than <see cref="MaxDeadFraction"/> of its data files' bytes are dead (overwritten by newer layers), or when
+/// folding cannot meet the layer limit, the disk is rewritten as one plain layer (cost: a copy of the live data).
 /// </summary>
 public sealed record CompactionPolicy(int MaxLayers = CompactionPolicy.DefaultMaxLayers, double MaxDeadFraction = CompactionPolicy.DefaultMaxDeadFraction)
 {
@@ -23,8 +35,12 @@ public sealed record CompactionPolicy(int MaxLayers = CompactionPolicy.DefaultMa
     /// <summary>Every merge writes plain, version-1 disks (the version-1 behaviour minus the dead bytes).</summary>
     public static CompactionPolicy Always { get; } = new(1, 0);
 
-    public bool ShouldCompact(int layers, long deadBytes, long dataFileBytes) =>
-        layers > MaxLayers || (dataFileBytes > 0 && deadBytes > MaxDeadFraction * dataFileBytes);
+    public CompactionKind Decide(int layers, long deadBytes, long dataFileBytes)
+    {
+        bool tooDead = dataFileBytes > 0 && deadBytes > MaxDeadFraction * dataFileBytes;
+        if (tooDead || (layers > MaxLayers && MaxLayers < 2)) return CompactionKind.PlainFull;
+        return layers > MaxLayers ? CompactionKind.FoldUpperLayers : CompactionKind.None;
+    }
 }
 
 /// <summary>
@@ -33,8 +49,9 @@ public sealed record CompactionPolicy(int MaxLayers = CompactionPolicy.DefaultMa
 /// layers of the disk (format version 2: <see cref="DiskManifest.BaseLayers"/>); the target's own files stay its top
 /// layer. Then its backup.json is replaced with one rename. Before that rename the old manifest (and files) hold;
 /// after it the new ones do. No record is decoded or copied: the cost is reading the indexes and making links.
-/// When the stack gets too deep or too dead (<see cref="CompactionPolicy"/>) the disk is instead compacted: its live
-/// records are written into one new plain data file (whole records copied as stored, cut ones re-encoded).
+/// When the stack gets too deep, the layers above the bottom one are folded into one new layer; when it gets too dead
+/// (<see cref="CompactionPolicy"/>) the disk is rewritten as one plain data file. Either way whole records are copied
+/// as stored and only the live pieces of cut records are re-encoded.
 /// </summary>
 public static class ChainMerger
 {
@@ -143,9 +160,23 @@ public static class ChainMerger
             Properties = new Dictionary<string, string>(targetDisk.Properties),
             DataBytes = usage.VisibleDataBytes,
         };
-        if (compaction.ShouldCompact(kept.Count, dead, dataFiles))
+        var kind = compaction.Decide(kept.Count, dead, dataFiles);
+        if (kind == CompactionKind.PlainFull)
         {
             await CompactDiskAsync(folder, generation, stack, segments, result, ct).ConfigureAwait(false);
+            return result;
+        }
+        if (kind == CompactionKind.FoldUpperLayers)
+        {
+            // The bottom layer stays (linked); the layers above it become one: the newest version of every range
+            // they cover, which is exactly what they provided above the bottom layer.
+            var upper = kept.Skip(1).Select(i => stack[i]).ToList();
+            var upperSegments = BlockOverlay.Compute(upper.Select(l => l.Records).ToList(), targetDisk.VirtualSize);
+            await CompactDiskAsync(folder, generation, upper, upperSegments, result, ct).ConfigureAwait(false);
+            var bottom = stack[kept[0]];
+            result.BaseLayers = new List<LayerManifest> { BaseLayer(folder, generation, targetDisk.Key, 0, bottom) };
+            result.DeadBytes = usage.DeadBytes[kept[0]];
+            result.StoredBytes += bottom.DataLength + bottom.IndexLength;
             return result;
         }
         // Stack: link the absorbed layers into the target's folder; the target's own files keep their names.
@@ -154,20 +185,7 @@ public static class ChainMerger
         for (int k = 0; k < kept.Count - 1; k++)
         {
             ct.ThrowIfCancellationRequested();
-            var l = stack[kept[k]];
-            var entry = new LayerManifest
-            {
-                DataFile = l.Layer.DataFile, IndexFile = l.Layer.IndexFile, VirtualSize = l.Layer.VirtualSize,
-                RecordCount = l.Records.Length, Origin = l.Layer.Origin ?? l.BackupId,
-            };
-            if (!string.Equals(Path.GetFullPath(Path.GetDirectoryName(l.DataPath)!), Path.GetFullPath(Path.Combine(folder, "disks")), StringComparison.Ordinal))
-            {
-                entry.DataFile = $"disks/{targetDisk.Key}.{generation}.{k}.data";
-                entry.IndexFile = $"disks/{targetDisk.Key}.{generation}.{k}.index";
-                LinkOrCopy(l.DataPath, Path.Combine(folder, entry.DataFile));
-                LinkOrCopy(l.IndexPath, Path.Combine(folder, entry.IndexFile));
-            }
-            baseLayers.Add(entry);
+            baseLayers.Add(BaseLayer(folder, generation, targetDisk.Key, k, stack[kept[k]]));
         }
         result.BaseLayers = baseLayers.Count > 0 ? baseLayers : null;
         result.DataFile = top.Layer.DataFile;
@@ -176,6 +194,24 @@ public static class ChainMerger
         result.DeadBytes = dead;
         result.StoredBytes = kept.Sum(i => stack[i].DataLength + stack[i].IndexLength);
         return result;
+    }
+
+    /// <summary>A lower layer of the target: its own files as they are, an absorbed backup's hard-linked in under new names.</summary>
+    private static LayerManifest BaseLayer(string folder, string generation, string diskKey, int n, StackLayer l)
+    {
+        var entry = new LayerManifest
+        {
+            DataFile = l.Layer.DataFile, IndexFile = l.Layer.IndexFile, VirtualSize = l.Layer.VirtualSize,
+            RecordCount = l.Records.Length, Origin = l.Layer.Origin ?? l.BackupId,
+        };
+        if (!string.Equals(Path.GetFullPath(Path.GetDirectoryName(l.DataPath)!), Path.GetFullPath(Path.Combine(folder, "disks")), StringComparison.Ordinal))
+        {
+            entry.DataFile = $"disks/{diskKey}.{generation}.{n}.data";
+            entry.IndexFile = $"disks/{diskKey}.{generation}.{n}.index";
+            LinkOrCopy(l.DataPath, Path.Combine(folder, entry.DataFile));
+            LinkOrCopy(l.IndexPath, Path.Combine(folder, entry.IndexFile));
+        }
+        return entry;
     }
 
     /// <summary>A hard link (no data copied); a copy, flushed, where the file system has no links.</summary>

@@ -128,33 +128,53 @@ public sealed class LayeredMergeTests : IDisposable
     }
 
     [Fact]
-    public async Task More_layers_than_the_limit_compact_into_a_plain_full_with_no_dead_bytes()
+    public async Task More_layers_than_the_limit_fold_the_upper_layers_and_keep_the_full_linked()
     {
         var chain = await _repo.WriteCbtChainAsync(5, seed: 31);
         var policy = new CompactionPolicy(MaxLayers: 3, MaxDeadFraction: double.PositiveInfinity);
+        byte[] fullData = File.ReadAllBytes(_repo.DataPath(chain[0]));
         await Remove(policy, chain[0].Id);
         await Remove(policy, chain[1].Id);
         var stacked = _repo.Repository.GetBackup(LifecycleRepo.Vm, chain[2].Id)!;
         Assert.Equal(3, stacked.Disks[0].Layers().Count);
-        Assert.True(stacked.Disks[0].DeadBytes > 0);
         await AssertRestorableAsync();
 
         await Remove(policy, chain[2].Id); // four layers would exceed the limit
 
-        var compacted = _repo.Repository.GetBackup(LifecycleRepo.Vm, chain[3].Id)!;
-        var disk = compacted.Disks[0];
-        Assert.Equal(BackupType.Full, compacted.Type);
-        Assert.Equal(BackupManifest.PlainFormatVersion, compacted.FormatVersion);
-        Assert.Null(disk.BaseLayers);
-        Assert.Equal(0, disk.DeadBytes);
-        Assert.Equal(new[] { Path.GetFileName(disk.DataFile), Path.GetFileName(disk.IndexFile) }.Order(), DiskFiles(compacted));
-        Assert.Equal(disk.StoredBytes, new FileInfo(_repo.DataPath(compacted)).Length + new FileInfo(Path.Combine(_repo.Repository.GetBackupFolder(compacted), disk.IndexFile)).Length);
-        // No dead bytes left: every stored byte belongs to a record of the index.
-        Assert.Equal(new FileInfo(_repo.DataPath(compacted)).Length, Index(compacted).Sum(r => (long)r.StoredLength));
+        var folded = _repo.Repository.GetBackup(LifecycleRepo.Vm, chain[3].Id)!;
+        var disk = folded.Disks[0];
+        Assert.Equal(BackupType.Full, folded.Type);
+        Assert.Equal(BackupManifest.LayeredFormatVersion, folded.FormatVersion);
+        var bottom = Assert.Single(disk.BaseLayers!);
+        Assert.Equal(chain[0].Id, bottom.Origin);
+        string folder = _repo.Repository.GetBackupFolder(folded);
+        Assert.Equal(fullData, File.ReadAllBytes(Path.Combine(folder, bottom.DataFile))); // the full, as written
+        // The folded top layer holds the newest version of what the three incrementals changed, with no dead bytes.
+        Assert.Equal(new FileInfo(_repo.DataPath(folded)).Length, Index(folded).Sum(r => (long)r.StoredLength));
+        Assert.NotEqual(chain[3].Disks[0].DataFile, disk.DataFile);
+        Assert.True(disk.DeadBytes > 0 && disk.DeadBytes < fullData.Length, $"dead bytes {disk.DeadBytes}");
+        Assert.Equal(new[] { bottom.DataFile, bottom.IndexFile, disk.DataFile, disk.IndexFile }.Select(Path.GetFileName).Order(), DiskFiles(folded));
         await AssertRestorableAsync();
 
-        await Remove(policy, chain[3].Id); // the next merge stacks again on the compacted full
-        Assert.Equal(2, _repo.Repository.GetBackup(LifecycleRepo.Vm, chain[4].Id)!.Disks[0].Layers().Count);
+        await Remove(policy, chain[3].Id); // the next merge stacks again on the folded full
+        Assert.Equal(3, _repo.Repository.GetBackup(LifecycleRepo.Vm, chain[4].Id)!.Disks[0].Layers().Count);
+        await AssertRestorableAsync();
+    }
+
+    [Fact]
+    public async Task A_layer_limit_below_two_rewrites_a_plain_full_with_no_dead_bytes()
+    {
+        var chain = await _repo.WriteCbtChainAsync(2, seed: 33);
+        await Remove(NeverCompact, chain[0].Id);
+        await Remove(new CompactionPolicy(MaxLayers: 1, MaxDeadFraction: double.PositiveInfinity), chain[1].Id);
+        var plain = _repo.Repository.GetBackup(LifecycleRepo.Vm, chain[2].Id)!;
+        var disk = plain.Disks[0];
+        Assert.Equal(BackupType.Full, plain.Type);
+        Assert.Equal(BackupManifest.PlainFormatVersion, plain.FormatVersion);
+        Assert.Null(disk.BaseLayers);
+        Assert.Equal(0, disk.DeadBytes);
+        Assert.Equal(new[] { Path.GetFileName(disk.DataFile), Path.GetFileName(disk.IndexFile) }.Order(), DiskFiles(plain));
+        Assert.Equal(new FileInfo(_repo.DataPath(plain)).Length, Index(plain).Sum(r => (long)r.StoredLength));
         await AssertRestorableAsync();
     }
 
