@@ -6,7 +6,8 @@ namespace VProtect.Benchmarks;
 
 /// <summary>
 /// lifecycle: (1) the cost of rolling a full forward over an incremental with 1 % of the disk changed in 64 KiB blocks,
-/// against the cost of writing that full; (2) Test-VMBackup's verification throughput over the stored data.
+/// against the cost of writing that full; (2) Test-VMBackup's verification throughput over the stored data; (3) reading
+/// the layered synthetic full, and the cost of a merge that compacts it into a plain full.
 /// Disk: 8 GiB fully allocated (1 GiB with --quick), half-compressible content from a pool of 1 MiB buffers.
 /// </summary>
 public sealed class LifecycleBenchmarks : IBenchmark
@@ -43,6 +44,31 @@ public sealed class LifecycleBenchmarks : IBenchmark
             var mergeTime = clock.Elapsed;
             var merged = repo.ListBackups(Vm).Single();
 
+            // What the layers cost a restore: every byte of the synthetic full read through the layered source.
+            clock.Restart();
+            using (var source = repo.OpenDisk(merged, "disk0"))
+            {
+                var buffer = new byte[4 << 20];
+                for (long pos = 0; pos < size; pos += buffer.Length)
+                    await source.ReadAsync(pos, buffer.AsMemory(0, (int)Math.Min(buffer.Length, size - pos)), cancellationToken);
+            }
+            var readTime = clock.Elapsed;
+
+            // The compaction rule's costs: a second and a third 1 % incremental; the merge of the second folds the layers
+            // above the full (layer limit, here 2), the merge of the third rewrites a plain full (dead-bytes limit, here 0).
+            async Task<(TimeSpan Time, BackupManifest Result)> MergeNextAsync(BackupManifest point, int stamp, CompactionPolicy policy)
+            {
+                var next = Enumerable.Range(0, (int)(blocks / 100)).Select(_ => rng.NextInt64(blocks)).Distinct().Order()
+                    .Select(b => (b * Block, pool[(int)((b + stamp) % pool.Length)].AsMemory(0, Block).ToArray(), (int)b + stamp)).ToList();
+                await WriteAsync(repo, BackupType.Incremental, point.Id, size, next, cancellationToken);
+                var watch = Stopwatch.StartNew();
+                await BackupRemover.ApplyAsync(repo, Vm, () => BackupRemover.PlanRemoval(repo, Vm, new[] { point.Id }), TimeSpan.FromSeconds(10),
+                    policy, null, null, cancellationToken);
+                return (watch.Elapsed, repo.ListBackups(Vm).Single());
+            }
+            var (foldTime, folded) = await MergeNextAsync(merged, 1, new CompactionPolicy(MaxLayers: 2, MaxDeadFraction: double.PositiveInfinity));
+            var (compactTime, compacted) = await MergeNextAsync(folded, 2, CompactionPolicy.Always);
+
             report.WriteLine($"## lifecycle ({size >> 30} GiB disk, {Environment.ProcessorCount} cores)");
             report.WriteLine();
             report.WriteLine("| step | time | figures |");
@@ -51,7 +77,11 @@ public sealed class LifecycleBenchmarks : IBenchmark
             report.WriteLine($"| incremental, 1 % changed in 64 KiB blocks | | {changed.Count} blocks, {incremental.StoredBytes / 1e6:N1} MB stored |");
             report.WriteLine($"| roll the full forward into the incremental (Remove-VMBackup) | {mergeTime.TotalSeconds:N2} s | {mergeTime / fullTime * 100:N1} % of the full backup |");
             report.WriteLine($"| Test-VMBackup of the incremental's chain | {verifyTime.TotalSeconds:N2} s | {verification.BytesChecked / verifyTime.TotalSeconds / 1e9:N2} GB/s stored, {verification.BlocksChecked} records, {stored / 1e6:N0} MB |");
-            report.WriteLine($"| synthetic full | | {merged.StoredBytes / 1e6:N0} MB stored, {merged.Disks[0].RecordCount} records |");
+            var layers = merged.Disks[0].Layers();
+            report.WriteLine($"| synthetic full (format version {merged.FormatVersion}) | | {layers.Count} layers, {merged.StoredBytes / 1e6:N0} MB stored, {layers.Sum(l => (long)l.RecordCount)} records, {merged.Disks[0].DeadBytes / 1e6:N1} MB dead |");
+            report.WriteLine($"| read the synthetic full through its layers (restore read path) | {readTime.TotalSeconds:N2} s | {size / readTime.TotalSeconds / 1e6:N0} MB/s of disk |");
+            report.WriteLine($"| layer limit: merge of a second 1 % incremental folding the layers above the full | {foldTime.TotalSeconds:N2} s | {foldTime / fullTime * 100:N1} % of the full backup; {folded.Disks[0].Layers().Count} layers, {folded.Disks[0].DeadBytes / 1e6:N1} MB dead |");
+            report.WriteLine($"| dead-bytes limit: merge of a third 1 % incremental rewriting a plain full | {compactTime.TotalSeconds:N2} s | {compactTime / fullTime * 100:N1} % of the full backup; {compacted.StoredBytes / 1e6:N0} MB stored, {compacted.Disks[0].RecordCount} records, format version {compacted.FormatVersion} |");
             report.WriteLine();
         }
         finally

@@ -15,6 +15,11 @@ Describe 'Remove-VMBackup retention' {
         $left = Assert-Restorable $R
         @($left.Id) | Should -Be $ids[2..4]
         $left[0].Type | Should -Be 'Full'
+        # Repository format 2: the full and the first incremental became lower layers of the synthetic full, linked.
+        $left[0].FormatVersion | Should -Be 2
+        $synthetic = (Get-VMBackupChain $R.Root).RestorePoints | Where-Object Id -EQ $ids[2]
+        $synthetic.Disks[0].Layers | Should -Be 3
+        $synthetic.Disks[0].DeadBytes | Should -BeGreaterThan 0
         (Test-VMBackup -Repository $R.Root).Status | Sort-Object -Unique | Should -Be 'Healthy'
     }
 

@@ -42,8 +42,13 @@ public static class BackupRemover
         RetentionPlanner.Plan(repository, vmUuid, new HashSet<string>(ids, StringComparer.Ordinal));
 
     /// <summary>Runs the actions; re-plans under the lock so a concurrent backup is never undone.</summary>
+    public static Task<IReadOnlyList<RetentionAction>> ApplyAsync(BackupRepository repository, string vmUuid, Func<IReadOnlyList<RetentionAction>> plan,
+        TimeSpan lockWait, Action<RetentionAction>? onAction, Func<string, Task>? checkpoint, CancellationToken ct) =>
+        ApplyAsync(repository, vmUuid, plan, lockWait, CompactionPolicy.Default, onAction, checkpoint, ct);
+
+    /// <summary>As above; <paramref name="compaction"/> decides when a merge rewrites a disk as one plain layer.</summary>
     public static async Task<IReadOnlyList<RetentionAction>> ApplyAsync(BackupRepository repository, string vmUuid, Func<IReadOnlyList<RetentionAction>> plan,
-        TimeSpan lockWait, Action<RetentionAction>? onAction, Func<string, Task>? checkpoint, CancellationToken ct)
+        TimeSpan lockWait, CompactionPolicy compaction, Action<RetentionAction>? onAction, Func<string, Task>? checkpoint, CancellationToken ct)
     {
         await using var chainLock = await repository.LockChainAsync(vmUuid, lockWait, ct).ConfigureAwait(false);
         CleanInterrupted(repository, chainLock);
@@ -51,7 +56,7 @@ public static class BackupRemover
         foreach (var a in actions.Where(a => a.Kind == RetentionActionKind.Merge))
         {
             ct.ThrowIfCancellationRequested();
-            await ChainMerger.MergeAsync(repository, chainLock, a.Backup, a.Absorbed, checkpoint, ct).ConfigureAwait(false);
+            await ChainMerger.MergeAsync(repository, chainLock, a.Backup, a.Absorbed, compaction, checkpoint, ct).ConfigureAwait(false);
             onAction?.Invoke(a);
         }
         foreach (var a in actions.Where(a => a.Kind == RetentionActionKind.Delete))

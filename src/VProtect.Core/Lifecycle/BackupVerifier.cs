@@ -15,7 +15,8 @@ namespace VProtect.Core.Lifecycle;
 
 /// <summary>
 /// Checks backups without the hypervisor: the chain is complete, every manifest and vm.json parses, every block
-/// record decompresses to its XXH128, every whole file has its length and SHA-256, XVA files pass the reader's
+/// record of every layer (format version 2 keeps lower layers, including records newer layers overwrite)
+/// decompresses to its XXH128, every whole file has its length and SHA-256, XVA files pass the reader's
 /// checksum verification and VHD files their structure checks. A backup shared by several restore points is read
 /// once per verifier instance.
 /// </summary>
@@ -122,24 +123,37 @@ public sealed class BackupVerifier
 
     private void Advance(long n, long total) => Progress?.Report(new TransferProgress(Interlocked.Add(ref _bytesDone, n), total));
 
+    /// <summary>Every layer of the disk (format version 2 keeps lower layers), every record of each, live or overwritten.</summary>
     private async Task<(long Blocks, long Bytes)> VerifyDiskAsync(BackupManifest backup, string folder, DiskManifest disk,
         ConcurrentQueue<VerificationProblem> problems, long progressTotal, CancellationToken ct)
     {
-        string dataPath = Path.Combine(folder, disk.DataFile), indexPath = Path.Combine(folder, disk.IndexFile);
+        long blocks = 0, bytes = 0;
+        foreach (var layer in disk.Layers())
+        {
+            var (b, n) = await VerifyLayerAsync(backup, folder, disk.Key, layer, problems, progressTotal, ct).ConfigureAwait(false);
+            blocks += b; bytes += n;
+        }
+        return (blocks, bytes);
+    }
+
+    private async Task<(long Blocks, long Bytes)> VerifyLayerAsync(BackupManifest backup, string folder, string diskKey, LayerManifest layer,
+        ConcurrentQueue<VerificationProblem> problems, long progressTotal, CancellationToken ct)
+    {
+        string dataPath = Path.Combine(folder, layer.DataFile), indexPath = Path.Combine(folder, layer.IndexFile);
         if (!File.Exists(dataPath))
         {
-            problems.Enqueue(new VerificationProblem(backup.Id, dataPath, 0, $"the data file of disk {disk.Key} is missing."));
+            problems.Enqueue(new VerificationProblem(backup.Id, dataPath, 0, $"the data file of disk {diskKey} is missing."));
             return (0, 0);
         }
         BlockRecord[] records;
-        try { records = BlockIndex.Read(indexPath, disk.VirtualSize, long.MaxValue); }
+        try { records = BlockIndex.Read(indexPath, layer.VirtualSize, long.MaxValue); }
         catch (BackupFormatException ex)
         {
             problems.Enqueue(new VerificationProblem(backup.Id, ex.Source, ex.Offset, ex.Reason));
             return (0, 0);
         }
-        if (records.Length != disk.RecordCount)
-            problems.Enqueue(new VerificationProblem(backup.Id, indexPath, 0, $"the index holds {records.Length} records; backup.json says {disk.RecordCount}."));
+        if (records.Length != layer.RecordCount)
+            problems.Enqueue(new VerificationProblem(backup.Id, indexPath, 0, $"the index holds {records.Length} records; backup.json says {layer.RecordCount}."));
         long indexLength = new FileInfo(indexPath).Length;
         using var handle = File.OpenHandle(dataPath, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.Asynchronous);
         long dataLength = RandomAccess.GetLength(handle);
@@ -166,7 +180,7 @@ public sealed class BackupVerifier
                         if (r.IsZero) { Interlocked.Increment(ref blocks); continue; }
                         string? error = await CheckRecordAsync(handle, dataLength, r, stored, plain, decompressor, ct).ConfigureAwait(false);
                         if (error is not null && Interlocked.Increment(ref fileProblems) <= MaxProblemsPerFile)
-                            problems.Enqueue(new VerificationProblem(backup.Id, dataPath, r.FileOffset, $"record for disk {disk.Key} range {r.DiskOffset}+{r.Length}: {error}"));
+                            problems.Enqueue(new VerificationProblem(backup.Id, dataPath, r.FileOffset, $"record for disk {diskKey} range {r.DiskOffset}+{r.Length}: {error}"));
                         Interlocked.Increment(ref blocks);
                         Interlocked.Add(ref bytes, Math.Max(0, Math.Min(r.StoredLength, dataLength - r.FileOffset)));
                         Advance(r.StoredLength, progressTotal);

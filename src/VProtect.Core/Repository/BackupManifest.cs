@@ -13,9 +13,18 @@ public enum BackupType { Full, Incremental }
 /// </summary>
 public sealed class BackupManifest
 {
-    public const int CurrentFormatVersion = 1;
+    /// <summary>Plain backups: every disk is one data file and one index (what every reader of this format reads).</summary>
+    public const int PlainFormatVersion = 1;
+    /// <summary>Layered backups: a disk may keep lower layers (<see cref="DiskManifest.BaseLayers"/>), written by merges.</summary>
+    public const int LayeredFormatVersion = 2;
+    /// <summary>The newest manifest version this module reads; a newer one is refused, never misread.</summary>
+    public const int CurrentFormatVersion = LayeredFormatVersion;
 
-    public int FormatVersion { get; set; } = CurrentFormatVersion;
+    /// <summary>
+    /// 1 for a plain backup, 2 when a disk has <see cref="DiskManifest.BaseLayers"/>: a version-1 reader ignores
+    /// unknown fields, so it would read only the top layer; the version makes it refuse the backup instead.
+    /// </summary>
+    public int FormatVersion { get; set; } = PlainFormatVersion;
     public string Id { get; set; } = "";
     public string VmUuid { get; set; } = "";
     public string VmName { get; set; } = "";
@@ -64,6 +73,42 @@ public sealed class DiskManifest
     /// <summary>Bytes the data and index files take in the repository.</summary>
     public long StoredBytes { get; set; }
     public Dictionary<string, string> Properties { get; set; } = new();
+
+    /// <summary>
+    /// Format version 2: lower layers of this disk, oldest first, each a data file and an index in this backup's
+    /// folder (hard links to the files of the backups a merge absorbed). <see cref="DataFile"/> and
+    /// <see cref="IndexFile"/> are the top layer; a range is read from the newest layer that has it. Null: one layer.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public List<LayerManifest>? BaseLayers { get; set; }
+
+    /// <summary>
+    /// Bytes of this disk's data files that no read of this backup uses any more: records (or the parts of records)
+    /// that newer layers overwrite, and bytes a version-1 merge left unreferenced. Compaction gives them back.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public long DeadBytes { get; set; }
+
+    /// <summary>Every layer of the disk, oldest first, the top layer (<see cref="DataFile"/>) last.</summary>
+    public IReadOnlyList<LayerManifest> Layers()
+    {
+        var top = new LayerManifest { DataFile = DataFile, IndexFile = IndexFile, VirtualSize = VirtualSize, RecordCount = RecordCount };
+        return BaseLayers is { Count: > 0 } b ? [.. b, top] : [top];
+    }
+}
+
+/// <summary>One lower layer of a disk (format version 2): a data file and its index, as written by an earlier backup.</summary>
+public sealed class LayerManifest
+{
+    /// <summary>Data file (zstd frames) relative to the backup folder.</summary>
+    public string DataFile { get; set; } = "";
+    /// <summary>Index file relative to the backup folder (see <see cref="BlockIndex"/>).</summary>
+    public string IndexFile { get; set; } = "";
+    /// <summary>The disk size the layer was written with (its index is checked against it).</summary>
+    public long VirtualSize { get; set; }
+    public int RecordCount { get; set; }
+    /// <summary>The backup that wrote these records (for reports; the files are in this backup's folder).</summary>
+    public string? Origin { get; set; }
 }
 
 /// <summary>A whole file kept in a backup (XVA, VHD delta, VM metadata) with its SHA-256.</summary>

@@ -135,15 +135,25 @@ public sealed class BackupRepository
     /// <summary>Finds a backup by id in any VM's chain.</summary>
     public BackupManifest? FindBackup(string id) => ListBackups().FirstOrDefault(b => b.Id == id);
 
-    private static BackupManifest ReadManifest(string folder)
+    private static BackupManifest ReadManifest(string folder) => ReadManifest(folder, BackupManifest.CurrentFormatVersion);
+
+    /// <summary>
+    /// Reads a backup.json. The reader rule: a manifest whose formatVersion is above <paramref name="newestReadable"/>
+    /// is refused (a version-1 reader has newestReadable 1 and refuses a layered, version-2 backup), never misread.
+    /// </summary>
+    internal static BackupManifest ReadManifest(string folder, int newestReadable)
     {
         string path = Path.Combine(folder, ManifestFile);
         BackupManifest? m;
         try { m = JsonSerializer.Deserialize<BackupManifest>(File.ReadAllText(path), BackupManifest.Json); }
         catch (FileNotFoundException ex) { throw new BackupFormatException(path, 0, "backup.json is missing.", ex); }
         catch (JsonException ex) { throw new BackupFormatException(path, ex.BytePositionInLine ?? 0, "backup.json is not valid.", ex); }
-        if (m is null || m.Id != Path.GetFileName(folder) || m.FormatVersion > BackupManifest.CurrentFormatVersion)
+        if (m is not null && m.FormatVersion > newestReadable)
+            throw new BackupFormatException(path, 0, $"backup.json has format version {m.FormatVersion}; this module reads up to {newestReadable}. Update VProtect.PowerShell.");
+        if (m is null || m.Id != Path.GetFileName(folder) || m.FormatVersion < 1)
             throw new BackupFormatException(path, 0, "backup.json does not describe this folder or has an unknown format version.");
+        if (m.FormatVersion < BackupManifest.LayeredFormatVersion && m.Disks.Any(d => d.BaseLayers is { Count: > 0 }))
+            throw new BackupFormatException(path, 0, $"backup.json lists base layers but says format version {m.FormatVersion}; layered backups are version {BackupManifest.LayeredFormatVersion}.");
         return m;
     }
 
@@ -167,7 +177,7 @@ public sealed class BackupRepository
 
     /// <summary>
     /// The restore point's content of one disk: the newest version of every range from the full and the incrementals
-    /// up to <paramref name="point"/>, each range read once. Every record's hash is checked as it is read.
+    /// up to <paramref name="point"/> (each with its lower layers, newest layer first), each range read once. Every record's hash is checked as it is read.
     /// </summary>
     public ChainBlockSource OpenDisk(BackupManifest point, string diskKey)
     {
@@ -184,7 +194,8 @@ public sealed class BackupRepository
             }
             size = disk.VirtualSize;
             string folder = GetBackupFolder(b);
-            layers.Add(new ChainBlockSource.Layer(b.Id, Path.Combine(folder, disk.DataFile), Path.Combine(folder, disk.IndexFile), disk.VirtualSize));
+            foreach (var layer in disk.Layers()) // format version 2: lower layers first, the top layer last
+                layers.Add(new ChainBlockSource.Layer(b.Id, Path.Combine(folder, layer.DataFile), Path.Combine(folder, layer.IndexFile), layer.VirtualSize));
         }
         return new ChainBlockSource(layers, size);
     }

@@ -9,23 +9,25 @@ using ZstdSharp;
 namespace VProtect.Core.Repository;
 
 /// <summary>
-/// A restore point's disk as an <see cref="IBlockSource"/>: the records of the full and its incrementals overlaid,
-/// newest first, into one map of non-overlapping segments. Memory is proportional to the number of records, never
+/// A restore point's disk as an <see cref="IBlockSource"/>: the records of the full and its incrementals (and of each
+/// one's lower layers, format version 2) overlaid, newest first, into one map of non-overlapping segments. Memory is proportional to the number of records, never
 /// to the disk size. Every record is checked against its XXH128 hash when it is decompressed.
 /// </summary>
 public sealed class ChainBlockSource : IBlockSource, IDisposable
 {
+    /// <summary>One data file and its index; <paramref name="BackupId"/> is the backup whose folder holds them.</summary>
     public sealed record Layer(string BackupId, string DataPath, string IndexPath, long VirtualSize);
-
-    /// <summary>A piece of the disk served by one record of one layer.</summary>
-    private readonly record struct Segment(long Start, long End, int Layer, int Record);
 
     private readonly Layer[] _layers;
     private readonly BlockRecord[][] _records;
     private readonly SafeFileHandle?[] _handles;
-    private readonly Segment[] _segments;
+    private readonly OverlaySegment[] _segments;
     private readonly object _cacheGate = new();
-    private (int Layer, int Record, byte[] Data)? _cache; // the last decompressed record: reads are mostly sequential
+    // The last few decompressed records, least recently used replaced: reads are mostly sequential, and a record of an
+    // older layer cut by newer ones is read in pieces with the newer records in between.
+    private const int CacheSlots = 4;
+    private readonly (int Layer, int Record, byte[] Data, long Used)?[] _cache = new (int, int, byte[], long)?[CacheSlots];
+    private long _cacheClock;
 
     internal ChainBlockSource(IReadOnlyList<Layer> layers, long length)
     {
@@ -49,7 +51,7 @@ public sealed class ChainBlockSource : IBlockSource, IDisposable
             Dispose();
             throw;
         }
-        _segments = Overlay(_records, length);
+        _segments = BlockOverlay.Compute(_records, length);
     }
 
     public long Length { get; }
@@ -57,50 +59,6 @@ public sealed class ChainBlockSource : IBlockSource, IDisposable
     /// <summary>Bytes of disk content the restore point takes from each backup of the chain (for reports and tests).</summary>
     public IReadOnlyDictionary<string, long> BytesByBackup =>
         _segments.GroupBy(s => _layers[s.Layer].BackupId).ToDictionary(g => g.Key, g => g.Sum(s => s.End - s.Start));
-
-    /// <summary>
-    /// Newest wins: sweep the records of all layers in disk order and keep, for each point, the record of the highest
-    /// layer covering it. Records within a layer never overlap, so at most one per layer is active.
-    /// </summary>
-    private static Segment[] Overlay(BlockRecord[][] records, long length)
-    {
-        var events = new List<(long At, int Layer, int Record, bool Start)>();
-        for (int l = 0; l < records.Length; l++)
-            for (int r = 0; r < records[l].Length; r++)
-            {
-                var rec = records[l][r];
-                long end = Math.Min(rec.DiskEnd, length);
-                if (rec.DiskOffset >= end) continue;
-                events.Add((rec.DiskOffset, l, r, true));
-                events.Add((end, l, r, false));
-            }
-        events.Sort((a, b) => a.At != b.At ? a.At.CompareTo(b.At) : a.Start.CompareTo(b.Start)); // ends before starts
-        var active = new int[records.Length];
-        Array.Fill(active, -1);
-        int top = -1;
-        var result = new List<Segment>();
-        long segStart = 0;
-        int i = 0;
-        while (i < events.Count)
-        {
-            long at = events[i].At;
-            int previousTop = top, previousRecord = top >= 0 ? active[top] : -1;
-            for (; i < events.Count && events[i].At == at; i++)
-            {
-                var e = events[i];
-                active[e.Layer] = e.Start ? e.Record : (active[e.Layer] == e.Record ? -1 : active[e.Layer]);
-            }
-            top = -1;
-            for (int l = active.Length - 1; l >= 0; l--) if (active[l] >= 0) { top = l; break; }
-            int topRecord = top >= 0 ? active[top] : -1;
-            if (top != previousTop || topRecord != previousRecord)
-            {
-                if (previousTop >= 0 && at > segStart) result.Add(new Segment(segStart, at, previousTop, previousRecord));
-                segStart = at;
-            }
-        }
-        return result.ToArray();
-    }
 
     public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
     {
@@ -154,7 +112,12 @@ public sealed class ChainBlockSource : IBlockSource, IDisposable
     private async ValueTask<byte[]> GetRecordAsync(int layer, int record, CancellationToken ct)
     {
         lock (_cacheGate)
-            if (_cache is { } c && c.Layer == layer && c.Record == record) return c.Data;
+            for (int i = 0; i < _cache.Length; i++)
+                if (_cache[i] is { } c && c.Layer == layer && c.Record == record)
+                {
+                    _cache[i] = c with { Used = ++_cacheClock };
+                    return c.Data;
+                }
         var rec = _records[layer][record];
         byte[] stored = ArrayPool<byte>.Shared.Rent(rec.StoredLength);
         try
@@ -189,7 +152,16 @@ public sealed class ChainBlockSource : IBlockSource, IDisposable
             }
             if (XxHash128.HashToUInt128(plain) != rec.Hash)
                 throw new BackupFormatException(_layers[layer].DataPath, rec.FileOffset, $"the record for disk range {rec.DiskOffset}+{rec.Length} of backup {_layers[layer].BackupId} fails its hash check: the stored data is damaged.");
-            lock (_cacheGate) _cache = (layer, record, plain);
+            lock (_cacheGate)
+            {
+                int slot = 0;
+                for (int i = 0; i < _cache.Length; i++)
+                {
+                    if (_cache[i] is null) { slot = i; break; }
+                    if (_cache[i]!.Value.Used < _cache[slot]!.Value.Used) slot = i;
+                }
+                _cache[slot] = (layer, record, plain, ++_cacheClock);
+            }
             return plain;
         }
         finally { ArrayPool<byte>.Shared.Return(stored); }

@@ -59,6 +59,7 @@ public sealed class VMBackupDisk
     internal VMBackupDisk(DiskManifest d)
     {
         Key = d.Key; Device = d.Device ?? ""; Name = d.Name ?? ""; VirtualSize = d.VirtualSize; DataBytes = d.DataBytes; StoredBytes = d.StoredBytes;
+        Layers = d.Layers().Count; DeadBytes = d.DeadBytes;
         SnapshotVdi = d.Properties.TryGetValue("snapshotVdi", out var s) ? s : null;
         Transport = d.Properties.TryGetValue("transport", out var t) ? t : null;
     }
@@ -70,6 +71,10 @@ public sealed class VMBackupDisk
     public long VirtualSize { get; }
     public long DataBytes { get; }
     public long StoredBytes { get; }
+    /// <summary>Data files the disk is read from (more than 1 after merges: repository format version 2).</summary>
+    public int Layers { get; }
+    /// <summary>Bytes of StoredBytes that newer layers overwrote; a compaction (a later merge) gives them back.</summary>
+    public long DeadBytes { get; }
     public string? SnapshotVdi { get; }
     public string? Transport { get; }
     public override string ToString() => $"{Device}: {DataBytes} of {VirtualSize} bytes";

@@ -32,7 +32,7 @@ public sealed class RetentionTests : IDisposable
     }
 
     [Fact]
-    public async Task Rolling_the_full_forward_keeps_every_remaining_point_exact_and_rewrites_only_what_changed()
+    public async Task Rolling_the_full_forward_keeps_every_remaining_point_exact_and_rewrites_nothing()
     {
         var chain = await _repo.WriteCbtChainAsync(4);
         var repo = _repo.Repository;
@@ -41,7 +41,7 @@ public sealed class RetentionTests : IDisposable
         Assert.Equal(chain[2].Id, merge.Backup.Id);
         Assert.Equal(new[] { chain[0].Id, chain[1].Id }, merge.Absorbed.Select(a => a.Id));
         Assert.Equal(2, actions.Count(a => a.Kind == RetentionActionKind.Delete));
-        long fullData = new FileInfo(_repo.DataPath(chain[0])).Length;
+        var before = chain.Take(3).Select(b => File.ReadAllBytes(_repo.DataPath(b))).ToList();
 
         await BackupRemover.ApplyAsync(repo, LifecycleRepo.Vm, () => actions, TimeSpan.FromSeconds(5), null, null, default);
 
@@ -57,11 +57,15 @@ public sealed class RetentionTests : IDisposable
         }
         var verifier = new BackupVerifier(repo);
         foreach (var b in left) Assert.Equal(VerificationStatus.Healthy, (await verifier.VerifyAsync(b, default)).Status);
-        // The full's data was linked, not rewritten: the synthetic full's data file is the old one plus appended bytes.
-        long newData = new FileInfo(Path.Combine(repo.GetBackupFolder(left[0]), left[0].Disks[0].DataFile)).Length;
-        Assert.True(newData >= fullData);
-        Assert.True(newData - fullData <= chain[1].Disks[0].StoredBytes + chain[2].Disks[0].StoredBytes + (2 << 20),
-            $"appended {newData - fullData} bytes");
+        // Format version 2: the full's and the first incremental's files became lower layers of the synthetic full,
+        // byte for byte; its own data file is its top layer, untouched. Nothing was decoded, appended or rewritten.
+        var disk = left[0].Disks[0];
+        Assert.Equal(BackupManifest.LayeredFormatVersion, left[0].FormatVersion);
+        Assert.Equal(new[] { chain[0].Id, chain[1].Id }, disk.BaseLayers!.Select(l => l.Origin));
+        string folder = repo.GetBackupFolder(left[0]);
+        var layers = disk.Layers().Select(l => File.ReadAllBytes(Path.Combine(folder, l.DataFile))).ToList();
+        Assert.Equal(before, layers);
+        Assert.Equal(before.Sum(b => (long)b.Length), disk.Layers().Sum(l => new FileInfo(Path.Combine(folder, l.DataFile)).Length));
     }
 
     [Fact]
