@@ -22,6 +22,7 @@ Describe 'The error table' {
         @{ Name = 'an unknown XAPI code'; Id = 'XenApiError'; Category = 'InvalidOperation'; Make = { [VProtect.Core.Xapi.XapiException]::new([string[]]@('SOMETHING_NEW', 'p'), $null) } }
         @{ Name = 'HTTP 401 from the pool'; Id = 'XenPoolAuthenticationFailed'; Category = 'AuthenticationError'; Make = { [VProtect.Core.Xapi.XapiConnectionException]::new('401', [uri]'http://127.0.0.1/', $null, 401) } }
         @{ Name = 'a refused connection'; Id = 'XenPoolConnectionFailed'; Category = 'ConnectionError'; Make = { [VProtect.Core.Xapi.XapiConnectionException]::new('refused', [uri]'http://127.0.0.1/', [System.Net.Sockets.SocketException]::new(111), $null) } }
+        @{ Name = 'an incremental refused under -NoFallback'; Id = 'IncrementalNotPossible'; Category = 'InvalidOperation'; Make = { [VProtect.Core.Backup.IncrementalNotPossibleException]::new('vm1', 'disk 1 was resized.') } }
         @{ Name = 'anything else'; Id = 'UnexpectedError'; Category = 'NotSpecified'; Make = { [System.InvalidCastException]::new('?') } }
     ) {
         $target = [pscustomobject]@{ Name = 'vm1' }

@@ -141,6 +141,90 @@ public sealed class VdiTests
     }
 
     [Fact]
+    public async Task Resize_grows_the_disk_with_zeros_rounds_to_2_MiB_and_keeps_CBT_across_it()
+    {
+        await using var h = await SimHandle.StartAsync();
+        using var c = await h.LoginAsync();
+        var vm = await c.RefByNameAsync("VM", "db-01"); // halted: its disks are not attached
+        var data = (await DiskVdis(c, vm))[1];
+        var uuid = V.Str(await c.CallAsync("VDI.get_uuid", data));
+        long old = V.Long(await c.CallAsync("VDI.get_virtual_size", data));
+        await c.CallAsync("VDI.enable_cbt", data);
+        var s1 = V.Str(await c.CallAsync("VDI.snapshot", data, new Dictionary<string, object?>()));
+        var sr = V.Str(await c.CallAsync("VDI.get_SR", data));
+        long allocated = V.Long(await c.CallAsync("SR.get_virtual_allocation", sr));
+
+        await c.CallAsync("VDI.resize", data, old + (3L << 20));
+        long grown = old + (4L << 20);                                         // rounded up to SM's 2 MiB VHD block
+        Assert.Equal(grown, V.Long(await c.CallAsync("VDI.get_virtual_size", data)));
+        Assert.Equal(grown, h.Sim.OpenVdi(uuid).Length);
+        Assert.Equal(allocated + (4L << 20), V.Long(await c.CallAsync("SR.get_virtual_allocation", sr)));
+        Assert.Equal(old, V.Long(await c.CallAsync("VDI.get_virtual_size", s1))); // the snapshot keeps its size
+        var tail = new byte[4 << 20];
+        Array.Fill(tail, (byte)0xEE);
+        await h.Sim.OpenVdi(uuid).ReadAsync(old, tail, CancellationToken.None);
+        Assert.All(tail, b => Assert.Equal(0, b));
+        // Data before the old end is untouched: the seeded fill at 100 MiB is still there.
+        var filled = new byte[65536];
+        await h.Sim.OpenVdi(uuid).ReadAsync(100L << 20, filled, CancellationToken.None);
+        Assert.Contains(filled, b => b != 0);
+
+        // CBT survives the resize: the changed blocks since s1 include a write in the new area; the bitmap has the new length.
+        await GuestWriteAsync(h, uuid, old + 65536, 65536, 5);
+        var s2 = V.Str(await c.CallAsync("VDI.snapshot", data, new Dictionary<string, object?>()));
+        var bits = Convert.FromBase64String(V.Str(await c.CallAsync("VDI.list_changed_blocks", s1, s2)));
+        Assert.Equal((int)((grown / 65536 + 7) / 8), bits.Length);
+        long block = (old + 65536) / 65536;
+        Assert.Equal(0x80 >> (int)(block % 8), bits[block / 8]);
+        Assert.Equal(1, bits.Sum(b => System.Numerics.BitOperations.PopCount(b)));
+
+        // Same size again: nothing happens. Shrinking: SM's VDISize error.
+        await c.CallAsync("VDI.resize", data, grown);
+        Assert.Equal(grown, V.Long(await c.CallAsync("VDI.get_virtual_size", data)));
+        Assert.Equal(["SR_BACKEND_FAILURE_79", "", "VDI Invalid size [opterr=shrinking not allowed]", ""],
+            (await c.FailsAsync("VDI.resize", data, old)).Description);
+        Assert.Equal("SR_BACKEND_FAILURE_79", (await c.FailsAsync("VDI.resize", data, (2041L << 30))).Code);
+        Assert.Equal(grown, V.Long(await c.CallAsync("VDI.get_virtual_size", data)));
+    }
+
+    [Fact]
+    public async Task Resize_refuses_attached_and_cbt_metadata_disks_and_a_full_SR_and_resize_online_follows_the_scenario()
+    {
+        var file = Path.Combine(Path.GetTempPath(), $"sim-scn-{Guid.NewGuid():N}.json");
+        await File.WriteAllTextAsync(file, """{ "base": "default", "resizeOnline": "unsupported" }""");
+        try
+        {
+            await using var h = await SimHandle.StartAsync(file);
+            using var c = await h.LoginAsync(Protocol.JsonRpcV2);
+            var web = await c.RefByNameAsync("VM", Scenario.DefaultScenario.WebVm); // running: its disks are attached
+            var attached = (await DiskVdis(c, web))[1];
+            long size = V.Long(await c.CallAsync("VDI.get_virtual_size", attached));
+            var sr = V.Str(await c.CallAsync("VDI.get_SR", attached));
+            Assert.Equal(["VDI_IN_USE", attached, "resize"], (await c.FailsAsync("VDI.resize", attached, size + (2L << 20))).Description);
+            Assert.Equal(["SR_OPERATION_NOT_SUPPORTED", sr], (await c.FailsAsync("VDI.resize_online", attached, size + (2L << 20))).Description);
+            h.Sim.Settings.ResizeOnline = Scenario.ResizeOnlineMode.Works;
+            await c.CallAsync("VDI.resize_online", attached, size + (2L << 20));
+            Assert.Equal(size + (2L << 20), V.Long(await c.CallAsync("VDI.get_virtual_size", attached)));
+            h.Sim.Settings.ResizeOnline = Scenario.ResizeOnlineMode.Removed; // released hosts
+            Assert.Equal(["MESSAGE_REMOVED"], (await c.FailsAsync("VDI.resize_online", attached, size + (4L << 20))).Description);
+
+            var db = await c.RefByNameAsync("VM", "db-01");
+            var disk = (await DiskVdis(c, db))[0];
+            await c.CallAsync("VDI.enable_cbt", disk);
+            var snap = V.Str(await c.CallAsync("VDI.snapshot", disk, new Dictionary<string, object?>()));
+            await c.CallAsync("VDI.resize", snap, V.Long(await c.CallAsync("VDI.get_virtual_size", snap)) + (2L << 20)); // allowed: not a cbt_metadata VDI
+            await c.CallAsync("VDI.data_destroy", snap);
+            Assert.Equal(["VDI_INCOMPATIBLE_TYPE", snap, "cbt_metadata"], (await c.FailsAsync("VDI.resize", snap, 8L << 30)).Description);
+
+            var local = await c.RefByNameAsync("SR", "Local storage xen-sim-01");
+            var small = V.Str(await c.CallAsync("VDI.create", VdiRecord(local, 1 << 20)));
+            long physical = V.Long(await c.CallAsync("SR.get_physical_size", local));
+            Assert.Equal(["SR_BACKEND_FAILURE_44", "", "There is insufficient space", ""], (await c.FailsAsync("VDI.resize", small, physical + 1)).Description);
+        }
+        finally { File.Delete(file); }
+    }
+
+    [Fact]
     public async Task Licence_restriction_blocks_enable_cbt()
     {
         var file = Path.Combine(Path.GetTempPath(), $"sim-scn-{Guid.NewGuid():N}.json");

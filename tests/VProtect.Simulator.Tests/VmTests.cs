@@ -59,6 +59,21 @@ public sealed class VmTests
     }
 
     [Fact]
+    public async Task A_host_before_xapi_21_4_refuses_ignore_vdis_as_a_parameter_count_mismatch()
+    {
+        await using var h = await SimHandle.StartAsync();
+        h.Sim.Settings.SnapshotIgnoreVdis = false;
+        using var c = await h.LoginAsync(Protocol.JsonRpcV2);
+        var vm = await c.RefByNameAsync("VM", "db-01");
+        var before = V.Arr(await c.CallAsync("VM.get_all")).Length;
+        Assert.Equal(["MESSAGE_PARAMETER_COUNT_MISMATCH", "VM.snapshot", "2", "3"],
+            (await c.FailsAsync("VM.snapshot", vm, "with ignore_vdis", Array.Empty<object?>())).Description);
+        Assert.Equal(before, V.Arr(await c.CallAsync("VM.get_all")).Length);
+        var snap = V.Str(await c.CallAsync("VM.snapshot", vm, "two arguments"));
+        Assert.Equal(3, (await VdiTests.DiskVdis(c, snap)).Count); // every disk, as such a host always does
+    }
+
+    [Fact]
     public async Task Snapshot_with_ignore_vdis_skips_those_disks()
     {
         await using var h = await SimHandle.StartAsync();

@@ -146,12 +146,12 @@ public sealed class BackupEngine
         {
             if (kept)
             {
-                if (options.PurgeSnapshotData) await SnapshotService.PurgeDataAsync(session, snapshot.Ref, ct).ConfigureAwait(false);
+                if (options.PurgeSnapshotData) await SnapshotService.PurgeDataAsync(session, snapshot.Ref, vm.Uuid, committed.Id, ct).ConfigureAwait(false);
                 else await SnapshotService.MarkKeptAsync(session, snapshot.Ref, committed.Id, ct).ConfigureAwait(false);
             }
             else await SnapshotService.DestroyAsync(session, snapshot.Ref, ct).ConfigureAwait(false);
             foreach (var uuid in strategy.SnapshotsToRelease(run, plan, committed))
-                await ReleaseSnapshotAsync(session, uuid, observer, ct).ConfigureAwait(false);
+                await ReleaseSnapshotAsync(run, uuid, ct).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is XapiException or XapiConnectionException)
         {
@@ -207,11 +207,21 @@ public sealed class BackupEngine
         }
     }
 
-    private static async Task ReleaseSnapshotAsync(XapiSession session, string snapshotUuid, IBackupObserver observer, CancellationToken ct)
+    private static async Task ReleaseSnapshotAsync(BackupRun run, string snapshotUuid, CancellationToken ct)
     {
+        var (session, observer) = (run.Session, run.Observer);
         string snapshotRef;
         try { snapshotRef = await session.GetByUuidAsync("VM", snapshotUuid, ct).ConfigureAwait(false); }
-        catch (XapiException ex) when (ex.ErrorCode is "UUID_INVALID" or "HANDLE_INVALID") { return; }
+        catch (XapiException ex) when (ex.ErrorCode is "UUID_INVALID" or "HANDLE_INVALID")
+        {
+            // No snapshot VM: gone, or purged (-PurgeSnapshotData destroyed the VM and kept its disks as cbt_metadata
+            // VDIs, which the new backup has now replaced as the base).
+            var previous = run.History.LastOrDefault(b => b.SnapshotUuid == snapshotUuid);
+            var vdis = previous?.Disks.Select(d => d.Properties.GetValueOrDefault(Cbt.CbtStrategy.SnapshotVdiProperty)).OfType<string>() ?? [];
+            int released = await SnapshotService.ReleasePurgedVdisAsync(session, vdis, run.Vm.Uuid, ct).ConfigureAwait(false);
+            if (released > 0) observer.OnVerbose($"Released the {released} metadata-only disk(s) of the previous purged snapshot {snapshotUuid}.");
+            return;
+        }
         var record = await session.GetRecordAsync<VmRecord>(snapshotRef, ct).ConfigureAwait(false);
         if (!record.OtherConfig.TryGetValue(SnapshotService.CreatedByKey, out var by) || by != SnapshotService.CreatedByValue)
         {

@@ -46,20 +46,21 @@ public static class SnapshotService
                     : $"the host refused it ({ex.ErrorCode})";
                 observer.OnWarning($"A quiesced snapshot of '{vm.NameLabel}' was not possible: {why}. Taking a crash-consistent snapshot instead.");
             }
+            // VM.snapshot_with_quiesce has no ignore_vdis: drop the copies of excluded disks before anything reads them.
+            if (snapshotRef is not null && ignoreVdiRefs.Count > 0)
+            {
+                await session.DiscardSnapshotDisksAsync(snapshotRef, ignoreVdiRefs, ct).ConfigureAwait(false);
+                observer.OnVerbose($"A quiesced snapshot cannot leave disks out; the copies of the {ignoreVdiRefs.Count} excluded disk(s) were destroyed before any read.");
+            }
         }
         if (snapshotRef is null)
         {
-            try
-            {
-                snapshotRef = XapiValue.AsString(await session.CallAsyncTaskAsync("VM.snapshot",
-                    new object?[] { vm.OpaqueRef, name, ignoreVdiRefs.ToArray<object?>() }, null, ct).ConfigureAwait(false));
-            }
-            catch (XapiException ex) when (ex.ErrorCode == "MESSAGE_PARAMETER_COUNT_MISMATCH")
-            {
-                // Hosts before xapi 21.4 have no ignore_vdis: snapshot everything and read only what was asked.
-                if (ignoreVdiRefs.Count > 0) observer.OnVerbose("This host cannot leave disks out of a snapshot; excluded disks are snapshotted but not read.");
-                snapshotRef = XapiValue.AsString(await session.CallAsyncTaskAsync("VM.snapshot", new object?[] { vm.OpaqueRef, name }, null, ct).ConfigureAwait(false));
-            }
+            // The one snapshot path (XapiSession.TakeVmSnapshotAsync): on hosts without ignore_vdis it snapshots every
+            // disk and destroys the excluded disks' copies at once, so an excluded disk is never read nor kept.
+            var taken = await session.TakeVmSnapshotAsync(vm.OpaqueRef, name, ignoreVdiRefs.ToArray(), null, ct).ConfigureAwait(false);
+            snapshotRef = taken.SnapshotRef;
+            if (taken.IgnoreVdisUnsupported)
+                observer.OnVerbose($"This host cannot leave disks out of a snapshot (no ignore_vdis before xapi 21.4); the copies of the {taken.DiscardedVdis.Count} excluded disk(s) were destroyed before any read.");
         }
         try
         {
@@ -99,26 +100,57 @@ public static class SnapshotService
     }
 
     /// <summary>Removes a snapshot VM and its disks. Already gone is fine.</summary>
-    public static async Task DestroyAsync(XapiSession session, string snapshotRef, CancellationToken ct)
-    {
-        var vdis = await SnapshotVdiRefsAsync(session, snapshotRef, ct).ConfigureAwait(false);
-        if (vdis is null) return;
-        await IgnoreGoneAsync(() => session.CallAsyncTaskAsync("VM.destroy", new object?[] { snapshotRef }, null, ct)).ConfigureAwait(false);
-        foreach (var vdi in vdis)
-            await IgnoreGoneAsync(() => session.CallAsyncTaskAsync("VDI.destroy", new object?[] { vdi }, null, ct)).ConfigureAwait(false);
-    }
+    public static Task DestroyAsync(XapiSession session, string snapshotRef, CancellationToken ct)
+        => session.DestroySnapshotAsync(snapshotRef, ct);
 
     /// <summary>
     /// Removes the snapshot VM and destroys its disks' data, keeping only their CBT metadata (cbt_metadata VDIs),
-    /// which is all the next incremental needs. The VM goes first: data_destroy waits for the VBDs to disappear.
+    /// which is all the next incremental needs (list_changed_blocks accepts a cbt_metadata VDI as the earlier side).
+    /// The VM goes first: data_destroy waits for the VBDs to disappear. Each VDI is tagged like the snapshot VM was
+    /// (created-by, vm, backup id) so it can still be found once the VM is gone; a disk without CBT has no metadata to
+    /// keep and is destroyed outright.
     /// </summary>
-    public static async Task PurgeDataAsync(XapiSession session, string snapshotRef, CancellationToken ct)
+    public static async Task PurgeDataAsync(XapiSession session, string snapshotRef, string vmUuid, string backupId, CancellationToken ct)
     {
-        var vdis = await SnapshotVdiRefsAsync(session, snapshotRef, ct).ConfigureAwait(false);
-        if (vdis is null) return;
+        IReadOnlyList<VmDisk> disks;
+        try { disks = await session.GetVmDisksAsync(snapshotRef, ct).ConfigureAwait(false); }
+        catch (XapiException ex) when (ex.ErrorCode == "HANDLE_INVALID") { return; }
+        foreach (var disk in disks)
+        {
+            foreach (var (key, value) in new[] { (CreatedByKey, CreatedByValue), (VmKey, vmUuid), (BackupIdKey, backupId) })
+            {
+                await session.CallAsync("VDI.remove_from_other_config", new object?[] { disk.Vdi.OpaqueRef, key }, ct).ConfigureAwait(false);
+                await session.CallAsync("VDI.add_to_other_config", new object?[] { disk.Vdi.OpaqueRef, key, value }, ct).ConfigureAwait(false);
+            }
+        }
         await IgnoreGoneAsync(() => session.CallAsyncTaskAsync("VM.destroy", new object?[] { snapshotRef }, null, ct)).ConfigureAwait(false);
-        foreach (var vdi in vdis)
-            await session.CallAsyncTaskAsync("VDI.data_destroy", new object?[] { vdi }, null, ct).ConfigureAwait(false);
+        foreach (var disk in disks)
+        {
+            string op = disk.Vdi.CbtEnabled ? "VDI.data_destroy" : "VDI.destroy";
+            await session.CallAsyncTaskAsync(op, new object?[] { disk.Vdi.OpaqueRef }, null, ct).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Destroys the metadata-only disks (cbt_metadata VDIs) that -PurgeSnapshotData left of an earlier backup, once a
+    /// newer backup has replaced them as the base. Only VDIs that are snapshots, of type cbt_metadata and tagged by this
+    /// module for <paramref name="vmUuid"/> are touched; ones already gone are fine. Returns how many were destroyed.
+    /// </summary>
+    public static async Task<int> ReleasePurgedVdisAsync(XapiSession session, IEnumerable<string> vdiUuids, string vmUuid, CancellationToken ct)
+    {
+        int released = 0;
+        foreach (var uuid in vdiUuids)
+        {
+            VdiRecord vdi;
+            try { vdi = await session.GetRecordByUuidAsync<VdiRecord>(uuid, ct).ConfigureAwait(false); }
+            catch (XapiException ex) when (ex.ErrorCode is "UUID_INVALID" or "HANDLE_INVALID") { continue; }
+            if (!vdi.IsASnapshot || vdi.Type != "cbt_metadata") continue;
+            if (!vdi.OtherConfig.TryGetValue(CreatedByKey, out var by) || by != CreatedByValue) continue;
+            if (!vdi.OtherConfig.TryGetValue(VmKey, out var owner) || owner != vmUuid) continue;
+            await IgnoreGoneAsync(() => session.CallAsyncTaskAsync("VDI.destroy", new object?[] { vdi.OpaqueRef }, null, ct)).ConfigureAwait(false);
+            released++;
+        }
+        return released;
     }
 
     /// <summary>Best-effort removal on a failure path (also after Ctrl+C): never throws, reports what it could not do.</summary>
@@ -144,21 +176,6 @@ public static class SnapshotService
                               && v.OtherConfig.TryGetValue(CreatedByKey, out var by) && by == CreatedByValue
                               && (vmUuid is null || (v.OtherConfig.TryGetValue(VmKey, out var u) && u == vmUuid)))
                   .ToList();
-    }
-
-    private static async Task<List<string>?> SnapshotVdiRefsAsync(XapiSession session, string snapshotRef, CancellationToken ct)
-    {
-        VmRecord snapshot;
-        try { snapshot = await session.GetRecordAsync<VmRecord>(snapshotRef, ct).ConfigureAwait(false); }
-        catch (XapiException ex) when (ex.ErrorCode == "HANDLE_INVALID") { return null; }
-        if (!snapshot.IsASnapshot) throw new InvalidOperationException($"{snapshotRef} is not a snapshot; refusing to remove it.");
-        var vdis = new List<string>();
-        foreach (var vbdRef in snapshot.VBDs)
-        {
-            var vbd = await session.GetRecordAsync<VbdRecord>(vbdRef, ct).ConfigureAwait(false);
-            if (vbd.Type == "Disk" && !XapiValue.IsNullRef(vbd.VDI)) vdis.Add(vbd.VDI);
-        }
-        return vdis;
     }
 
     private static async Task IgnoreGoneAsync(Func<Task> action)

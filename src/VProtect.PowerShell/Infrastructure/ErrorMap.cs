@@ -28,6 +28,7 @@ public static class ErrorIds
     public const string IOFailed = "IOFailed";
     public const string AccessDenied = "AccessDenied";
     public const string InvalidArgument = "InvalidArgument";
+    public const string IncrementalNotPossible = "IncrementalNotPossible";
     public const string SimulatorStartFailed = "SimulatorStartFailed";
     public const string SimulatorNotFound = "SimulatorNotFound";
     public const string UnexpectedError = "UnexpectedError";
@@ -86,6 +87,8 @@ public static class ErrorMap
             IOException => new(ErrorIds.IOFailed, ErrorCategory.WriteError,
                 "Check free space and permissions of the path in the message, then retry."),
             ArgumentException => new(ErrorIds.InvalidArgument, ErrorCategory.InvalidArgument, null),
+            VProtect.Core.Backup.IncrementalNotPossibleException => new(ErrorIds.IncrementalNotPossible, ErrorCategory.InvalidOperation,
+                "Run a full backup (-Type Full), or drop -NoFallback to let the run fall back to a full with the reason recorded."),
             _ => new(ErrorIds.UnexpectedError, ErrorCategory.NotSpecified, null),
         };
     }

@@ -13,6 +13,10 @@ public sealed class ScenarioFile
     public string Base { get; set; } = "empty";
     public bool RestrictCbt { get; set; }
     public string SnapshotWithQuiesce { get; set; } = "removed";
+    /// <summary>VDI.resize_online: "removed" (released hosts), "unsupported" (SR_OPERATION_NOT_SUPPORTED) or "works".</summary>
+    public string ResizeOnline { get; set; } = "removed";
+    /// <summary>false: a host before xapi 21.4, VM.snapshot takes no ignore_vdis.</summary>
+    public bool SnapshotIgnoreVdis { get; set; } = true;
     public Dictionary<string, string> SrBetterSeenFrom { get; set; } = new();
     /// <summary>Networks given an NBD purpose at start (name_label -> "nbd" | "insecure_nbd").</summary>
     public Dictionary<string, string> NetworkPurposes { get; set; } = new();
@@ -110,6 +114,9 @@ internal static class ScenarioBuilder
         RestrictCbt = f.RestrictCbt,
         SnapshotWithQuiesce = Enum.TryParse<QuiesceMode>(f.SnapshotWithQuiesce, true, out var q) ? q
             : throw new InvalidDataException($"snapshotWithQuiesce must be removed, works or fails, not '{f.SnapshotWithQuiesce}'."),
+        ResizeOnline = Enum.TryParse<ResizeOnlineMode>(f.ResizeOnline, true, out var r) ? r
+            : throw new InvalidDataException($"resizeOnline must be removed, unsupported or works, not '{f.ResizeOnline}'."),
+        SnapshotIgnoreVdis = f.SnapshotIgnoreVdis,
         SrBetterSeenFrom = new Dictionary<string, string>(f.SrBetterSeenFrom, StringComparer.Ordinal),
     };
 

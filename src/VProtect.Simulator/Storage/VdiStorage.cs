@@ -70,6 +70,17 @@ internal sealed class VdiStorage : IDisposable
         }
     }
 
+    /// <summary>VDI.resize: the virtual size grows; nothing is written, so the new area reads zeros.</summary>
+    public void Resize(string uuid, long newSize)
+    {
+        lock (_gate)
+        {
+            var c = Content(uuid);
+            if (newSize < c.VirtualSize) throw new InvalidOperationException($"VDI {uuid} cannot shrink ({c.VirtualSize} -> {newSize}).");
+            c.VirtualSize = newSize;
+        }
+    }
+
     public void EnableCbt(string uuid) { lock (_gate) { var c = Content(uuid); c.CbtLogId ??= Guid.NewGuid().ToString("N"); } }
     public void DisableCbt(string uuid) { lock (_gate) Content(uuid).CbtLogId = null; }
     public void DestroyData(string uuid) { lock (_gate) Content(uuid).DataDestroyed = true; }

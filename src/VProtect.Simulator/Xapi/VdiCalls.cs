@@ -1,5 +1,6 @@
 using VProtect.Simulator.Database;
 using VProtect.Simulator.Http;
+using VProtect.Simulator.Scenario;
 using VProtect.Simulator.Storage;
 
 namespace VProtect.Simulator.Xapi;
@@ -26,6 +27,8 @@ internal sealed class VdiCalls
         d.Register("VDI.disable_cbt", 1, 1, c => { SetCbt(Db.Get("VDI", c.Str(0)), false); return ""; });
         d.Register("VDI.data_destroy", 1, 1, c => { DataDestroy(Db.Get("VDI", c.Str(0))); return ""; });
         d.Register("VDI.list_changed_blocks", 2, 2, c => ListChangedBlocks(Db.Get("VDI", c.Str(0)), Db.Get("VDI", c.Str(1))));
+        d.Register("VDI.resize", 2, 2, c => { Resize(Db.Get("VDI", c.Str(0)), c.Long(1), online: false); return ""; });
+        d.Register("VDI.resize_online", 2, 2, c => { Resize(Db.Get("VDI", c.Str(0)), c.Long(1), online: true); return ""; });
         d.Register("VDI.get_nbd_info", 1, 1, c => GetNbdInfo(Db.Get("VDI", c.Str(0)), c.Session!), hasAsync: false);
         d.Register("VDI.set_name_label", 2, 2, c => { Db.Set(Db.Get("VDI", c.Str(0)), "name_label", c.Str(1)); return ""; }, hasAsync: false);
         d.Register("VDI.set_name_description", 2, 2, c => { Db.Set(Db.Get("VDI", c.Str(0)), "name_description", c.Str(1)); return ""; }, hasAsync: false);
@@ -49,6 +52,48 @@ internal sealed class VdiCalls
         var sr = Db.Get("SR", (string)fields["SR"]!);
         if (_ops.IsIsoSr(sr)) throw new XapiError("SR_OPERATION_NOT_SUPPORTED", sr.Ref);
         return _ops.CreateVdi(sr.Ref, fields, size).Ref;
+    }
+
+    /// <summary>SM's VHD size rules (vhdutil.py): at least 2 MiB, at most 2040 GiB, rounded up to the 2 MiB block.</summary>
+    public const long VhdBlockSize = 2L << 20, MaxVhdSize = 2040L << 30;
+
+    /// <summary>
+    /// VDI.resize / VDI.resize_online as xapi_vdi.ml (check_operation_error, resize) and SM's FileSR/LVHDSR resize do
+    /// it: offline resize of an attached VDI → VDI_IN_USE [vdi, "resize"]; a cbt_metadata VDI → VDI_INCOMPATIBLE_TYPE;
+    /// SR without the capability → SR_OPERATION_NOT_SUPPORTED [sr]; shrinking or an out-of-range size →
+    /// SR_BACKEND_FAILURE_79 (SM's VDISize); not enough room → SR_BACKEND_FAILURE_44 (SRNoSpace). The size is rounded up
+    /// to 2 MiB; the new area reads zeros; CBT stays on (SM resizes the log, VDI.resize_cbt), so list_changed_blocks
+    /// still relates snapshots from before and after, its bitmap sized by the later VDI. Snapshot VDIs are not refused:
+    /// neither xapi nor SM checks is_a_snapshot for resize.
+    /// </summary>
+    private void Resize(XapiObject vdi, long size, bool online)
+    {
+        lock (Db.Gate)
+        {
+            var sr = Db.Get("SR", vdi.Str("SR"));
+            if (online && _core.Settings.ResizeOnline == ResizeOnlineMode.Removed) throw new XapiError("MESSAGE_REMOVED");
+            if (!online && Db.Where("VBD", "VDI", vdi.Ref).Any(b => b.Bool("currently_attached") || b.Bool("reserved")))
+                throw new XapiError("VDI_IN_USE", vdi.Ref, "resize");
+            bool srCan = !_ops.IsIsoSr(sr) && sr.Str("type") is not ("udev" or "iso")
+                         && (!online || _core.Settings.ResizeOnline == ResizeOnlineMode.Works);
+            if (!srCan) throw new XapiError("SR_OPERATION_NOT_SUPPORTED", sr.Ref);
+            if (vdi.Str("type") == "cbt_metadata") throw new XapiError("VDI_INCOMPATIBLE_TYPE", vdi.Ref, "cbt_metadata");
+            long current = vdi.Long("virtual_size");
+            if (size < current)
+                throw new XapiError("SR_BACKEND_FAILURE_79", "", "VDI Invalid size [opterr=shrinking not allowed]", "");
+            if (size > MaxVhdSize)
+                throw new XapiError("SR_BACKEND_FAILURE_79", "", $"VDI Invalid size [opterr=VDI size must be between 1 MB and {MaxVhdSize >> 20} MB]", "");
+            long rounded = Math.Max(size, VhdBlockSize);
+            rounded = (rounded + VhdBlockSize - 1) / VhdBlockSize * VhdBlockSize;
+            if (rounded == current) return;
+            long physical = sr.Long("physical_size");
+            long used = Db.Where("VDI", "SR", sr.Ref).Sum(v => v.Long("virtual_size"));
+            if (physical > 0 && used + (rounded - current) > physical)
+                throw new XapiError("SR_BACKEND_FAILURE_44", "", "There is insufficient space", "");
+            _core.Storage.Resize(vdi.Uuid, rounded);
+            Db.Set(vdi, "virtual_size", rounded);
+            _ops.RefreshSr(sr.Ref);
+        }
     }
 
     private void SetCbt(XapiObject vdi, bool enable)

@@ -16,7 +16,8 @@ internal sealed class VmCalls
 
     public void Register(XapiDispatcher d)
     {
-        d.Register("VM.snapshot", 2, 3, c => Snapshot(c, Db.Get("VM", c.Str(0)), c.Str(1), c.Count > 2 ? c.Set(2) : [], "snapshot"));
+        // ignore_vdis came with xapi 21.4 (datamodel_vm.ml); older hosts count it as one parameter too many.
+        d.Register("VM.snapshot", 2, () => _core.Settings.SnapshotIgnoreVdis ? 3 : 2, c => Snapshot(c, Db.Get("VM", c.Str(0)), c.Str(1), c.Count > 2 ? c.Set(2) : [], "snapshot"));
         d.Register("VM.snapshot_with_quiesce", 2, 2, c => _core.Settings.SnapshotWithQuiesce switch
         {
             QuiesceMode.Removed => throw new XapiError("MESSAGE_REMOVED"),

@@ -15,10 +15,18 @@ internal sealed class XapiDispatcher
 
     public XapiDispatcher(SimulatorCore core) => _core = core;
 
-    private sealed record MethodDef(string Name, int Required, int Max, bool TakesSession, bool HasAsync, Func<CallContext, ValueTask<object?>> Impl, bool Removed = false);
+    private sealed record MethodDef(string Name, int Required, int Max, bool TakesSession, bool HasAsync, Func<CallContext, ValueTask<object?>> Impl, bool Removed = false)
+    {
+        /// <summary>When set, the number of parameters this host's version of the call takes (a scenario switch).</summary>
+        public Func<int>? MaxNow { get; init; }
+    }
 
     public void Register(string name, int required, int max, Func<CallContext, object?> impl, bool session = true, bool hasAsync = true)
         => _methods[name] = new MethodDef(name, required, max, session, hasAsync, c => ValueTask.FromResult(impl(c)));
+
+    /// <summary>A call whose parameter count depends on the host version the scenario models (VM.snapshot's ignore_vdis).</summary>
+    public void Register(string name, int required, Func<int> max, Func<CallContext, object?> impl)
+        => _methods[name] = new MethodDef(name, required, int.MaxValue, true, true, c => ValueTask.FromResult(impl(c))) { MaxNow = max };
 
     public void RegisterAsync(string name, int required, int max, Func<CallContext, ValueTask<object?>> impl, bool session = true, bool hasAsync = true)
         => _methods[name] = new MethodDef(name, required, max, session, hasAsync, impl);
@@ -43,7 +51,8 @@ internal sealed class XapiDispatcher
         var def = Resolve(name) ?? throw new XapiError("MESSAGE_METHOD_UNKNOWN", method);
         if (isAsync && !def.HasAsync) throw new XapiError("Fault", $"No async mode for this operation (rpc: {method})");
         int received = Math.Max(0, args.Length - (def.TakesSession ? 1 : 0));
-        if (received < def.Required || received > def.Max || (def.TakesSession && args.Length == 0))
+        int max = def.MaxNow?.Invoke() ?? def.Max;
+        if (received < def.Required || received > max || (def.TakesSession && args.Length == 0))
             throw new XapiError("MESSAGE_PARAMETER_COUNT_MISMATCH", method, def.Required.ToString(), received.ToString());
         string? session = null;
         if (def.TakesSession)

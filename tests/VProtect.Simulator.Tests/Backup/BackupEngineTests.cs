@@ -198,6 +198,27 @@ public sealed class BackupEngineTests : IAsyncLifetime
         Assert.Single(await TaggedSnapshotsAsync());
     }
 
+    [Theory]
+    [InlineData(false, QuiesceMode.Removed)] // a host before xapi 21.4: VM.snapshot has no ignore_vdis
+    [InlineData(true, QuiesceMode.Works)]    // VM.snapshot_with_quiesce never had ignore_vdis
+    public async Task An_excluded_disk_is_never_kept_in_the_snapshot_when_the_host_cannot_leave_it_out(bool ignoreVdis, QuiesceMode quiesce)
+    {
+        _sim.Settings.SnapshotIgnoreVdis = ignoreVdis;
+        _sim.Settings.SnapshotWithQuiesce = quiesce;
+        var excludedRef = (await _session.GetVmDisksAsync(_vmRef))[1].Vdi.OpaqueRef;
+        var engine = new BackupEngine(new DirectStrategy(_sim));
+        var r = await engine.RunAsync(_session, _repo, _vmRef,
+            new BackupOptions { ExcludeDisks = new[] { "1" }, Quiesce = quiesce == QuiesceMode.Works }, new Observer(), default);
+        Assert.Single(r.Backup.Disks);
+        Assert.Equal(quiesce == QuiesceMode.Works ? "quiesced" : "crash-consistent", r.Backup.Properties["snapshotConsistency"]);
+        var kept = Assert.Single(await TaggedSnapshotsAsync());
+        var keptDisks = await _session.GetVmDisksAsync(kept.OpaqueRef);
+        Assert.DoesNotContain(keptDisks, d => d.Vdi.SnapshotOf == excludedRef);
+        Assert.Single(keptDisks);
+        var all = await _session.GetAllRecordsAsync<VdiRecord>(default);
+        Assert.DoesNotContain(all, v => v.SnapshotOf == excludedRef);
+    }
+
     [Fact]
     public async Task KeepSnapshot_false_removes_the_snapshot_after_commit()
     {

@@ -168,6 +168,10 @@ public sealed class CbtStrategy : IBackupStrategy
         var previous = @base.Disks.First(d => d.Key == disk.Key);
         string baseUuid = previous.Properties[SnapshotVdiProperty];
         string name = $"disk {disk.Device} ({disk.Vdi.Uuid})";
+        // The plan saw the live disk before the snapshot; a resize in between (a pre-snapshot script, another admin)
+        // shows only on the snapshot. A chain never mixes sizes.
+        if (snap.VirtualSize != previous.VirtualSize)
+            return (null, $"{name} was resized since the previous backup {@base.Id} ({previous.VirtualSize} -> {snap.VirtualSize} bytes).");
         try
         {
             var baseRef = await run.Session.GetByUuidAsync("VDI", baseUuid, ct).ConfigureAwait(false);

@@ -73,11 +73,26 @@ public sealed class XvaStrategy : IBackupStrategy
     public async Task TransferAsync(BackupRun run, BackupPlan plan, SnapshotInfo snapshot, BackupWriter writer, CancellationToken ct)
     {
         var manifest = writer.Manifest;
+        var fullDisks = plan.Type == BackupType.Incremental ? XvaKeys.ReadDisks(plan.Base!) : null;
+        string? resized = null;
         foreach (var disk in run.Disks)
         {
             if (!snapshot.VdisBySource.TryGetValue(disk.Vdi.OpaqueRef, out var snapVdi))
                 throw new InvalidOperationException($"The snapshot {snapshot.Uuid} has no copy of disk {disk.Device} ({disk.Key}); take a new backup.");
-            XvaKeys.WriteDisk(manifest, new XvaDiskInfo(disk.Key, disk.Device, disk.Vbd.UserDevice, disk.Vdi.VirtualSize, snapVdi.Uuid));
+            // The snapshot's size is what was exported; the plan saw the live disk before the snapshot, so a resize in
+            // between (a pre-snapshot script, another admin) shows only here.
+            XvaKeys.WriteDisk(manifest, new XvaDiskInfo(disk.Key, disk.Device, disk.Vbd.UserDevice, snapVdi.VirtualSize, snapVdi.Uuid));
+            if (fullDisks is not null && resized is null && fullDisks.TryGetValue(disk.Key, out var recorded) && recorded.VirtualSize != snapVdi.VirtualSize)
+                resized = $"disk {disk.Device} ({disk.Key}) was resized from {recorded.VirtualSize} to {snapVdi.VirtualSize} bytes since the full backup {plan.Base!.Id}.";
+        }
+        if (resized is not null)
+        {
+            if (run.Options.NoFallback) throw new IncrementalNotPossibleException(run.Vm.NameLabel, resized);
+            run.Observer.OnWarning($"'{run.Vm.NameLabel}': taking a full backup instead of an incremental: {resized}");
+            manifest.Type = BackupType.Full;
+            manifest.BaseId = null;
+            manifest.FullReason = resized;
+            plan = BackupPlan.Full(resized);
         }
         var transfer = new XapiHttpTransfer(run.Session);
         if (plan.Type == BackupType.Full) await TransferFullAsync(run, snapshot, writer, transfer, ct).ConfigureAwait(false);
@@ -156,7 +171,8 @@ public sealed class XvaStrategy : IBackupStrategy
     {
         var release = new List<string>();
         var last = run.History.LastOrDefault();
-        if (plan.Type == BackupType.Incremental)
+        // What was committed, not what was planned: a planned incremental may have become a full during the transfer.
+        if (committed.Type == BackupType.Incremental)
         {
             // Cumulative: the next incremental is taken against the full again, so only the previous incremental's snapshot goes.
             if (last is { Type: BackupType.Incremental, SnapshotUuid: { } s }) release.Add(s);
