@@ -115,7 +115,8 @@ public static class BackupSnapshots
             return 1;
         }
         if (snapshot.Kind != KindCbtMetadata) throw new ArgumentException($"Unknown snapshot kind '{snapshot.Kind}'.", nameof(snapshot));
-        int destroyed = 0;
+        // Check every VDI before destroying any, so a set that changed since it was listed is left whole.
+        var present = new List<VdiRecord>();
         foreach (var uuid in snapshot.VdiUuids)
         {
             VdiRecord vdi;
@@ -124,7 +125,12 @@ public static class BackupSnapshots
             if (!vdi.IsASnapshot || vdi.VBDs.Count > 0
                 || !vdi.OtherConfig.TryGetValue(SnapshotService.CreatedByKey, out var by) || by != SnapshotService.CreatedByValue
                 || vdi.OtherConfig.GetValueOrDefault(SnapshotService.VmKey) != snapshot.VmUuid)
-                throw new InvalidOperationException($"VDI {uuid} is no longer a detached snapshot disk this module kept for VM {snapshot.VmUuid}; it was left in place.");
+                throw new InvalidOperationException($"VDI {uuid} is no longer a detached snapshot disk this module kept for VM {snapshot.VmUuid}; nothing was removed.");
+            present.Add(vdi);
+        }
+        int destroyed = 0;
+        foreach (var vdi in present)
+        {
             try
             {
                 await session.CallAsyncTaskAsync("VDI.destroy", new object?[] { vdi.OpaqueRef }, null, ct).ConfigureAwait(false);

@@ -125,4 +125,36 @@ public sealed class PurgedSnapshotListingTests : IAsyncLifetime
         foreach (var uuid in gone.VdiUuids)
             await Assert.ThrowsAsync<XapiException>(() => _session.GetRecordByUuidAsync<VdiRecord>(uuid));
     }
+
+    [Fact]
+    public async Task Disks_whose_purge_destroyed_the_VM_but_not_the_data_are_listed_and_removal_refuses_a_changed_set()
+    {
+        // What a purge that stopped after VM.destroy leaves: tagged snapshot VDIs that still hold data, in no VM.
+        var snap = await SnapshotService.TakeAsync(_session, _vm, "vprotect half purged", false, Array.Empty<string>(), new RecordingObserver(), default);
+        var vdis = snap.VdisBySource.Values.ToList();
+        foreach (var vdi in vdis)
+            foreach (var (k, v) in new[] { (SnapshotService.CreatedByKey, SnapshotService.CreatedByValue), (SnapshotService.VmKey, _vm.Uuid), (SnapshotService.BackupIdKey, "20260101T000000000Z-abcdef") })
+                await _session.CallAsync("VDI.add_to_other_config", new object?[] { vdi.OpaqueRef, k, v });
+        await _session.CallAsyncTaskAsync("VM.destroy", new object?[] { snap.Ref }, null, default);
+
+        var listed = Assert.Single(await BackupSnapshots.FindAsync(_session, null, null, default));
+        Assert.Equal(BackupSnapshots.KindCbtMetadata, listed.Kind);
+        Assert.Equal(BackupSnapshots.StateDataNotDestroyed, listed.State);
+        Assert.Equal(vdis.Select(v => v.Uuid).OrderBy(u => u, StringComparer.Ordinal), listed.VdiUuids);
+        Assert.False(listed.IsOrphaned);
+        // Checked against a repository that lacks the backup, it is an orphan.
+        Assert.True((await BackupSnapshots.FindAsync(_session, null, _repo, default)).Single().IsOrphaned);
+
+        // One of them no longer tagged (someone took it over): nothing is removed.
+        await _session.CallAsync("VDI.remove_from_other_config", new object?[] { vdis[^1].OpaqueRef, SnapshotService.CreatedByKey });
+        await Assert.ThrowsAsync<InvalidOperationException>(() => BackupSnapshots.RemoveAsync(_session, listed, default));
+        foreach (var vdi in vdis) Assert.NotNull(await _session.GetRecordByUuidAsync<VdiRecord>(vdi.Uuid));
+
+        // Listed again, the untagged one is not part of it, and removal takes exactly the rest.
+        var again = Assert.Single(await BackupSnapshots.FindAsync(_session, null, null, default));
+        Assert.Equal(vdis.Count - 1, again.VdiUuids.Count);
+        Assert.Equal(vdis.Count - 1, await BackupSnapshots.RemoveAsync(_session, again, default));
+        Assert.NotNull(await _session.GetRecordByUuidAsync<VdiRecord>(vdis[^1].Uuid));
+        Assert.Empty(await BackupSnapshots.FindAsync(_session, null, null, default));
+    }
 }
