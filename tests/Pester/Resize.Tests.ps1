@@ -120,7 +120,12 @@ Describe '-PurgeSnapshotData with the CBT strategy' {
         $full = Start-VMBackup -VM web-01 -Repository $Repo -Type Full -PurgeSnapshotData
         $full.Type | Should -Be 'Full'
         @(Get-XenPoolVM -IncludeSnapshots | Where-Object Uuid -EQ $full.SnapshotUuid) | Should -BeNullOrEmpty
-        @(Get-VMBackupSnapshot -VM web-01) | Should -BeNullOrEmpty
+        # No snapshot VM is kept; the metadata-only disks are (one CbtMetadata object, the base of the next incremental).
+        $kept = @(Get-VMBackupSnapshot -VM web-01)
+        $kept.Count | Should -Be 1
+        $kept[0].Kind | Should -Be 'CbtMetadata'
+        $kept[0].BackupId | Should -Be $full.Id
+        $kept[0].IsOrphaned | Should -BeFalse
         foreach ($d in $full.Disks) {
             $ref = $Api.GetByUuidAsync('VDI', $d.SnapshotVdi, $None).GetAwaiter().GetResult()
             Invoke-Xapi 'VDI.get_type' @($ref) | Should -Be 'cbt_metadata'
@@ -142,6 +147,7 @@ Describe '-PurgeSnapshotData with the CBT strategy' {
             $ref = $Api.GetByUuidAsync('VDI', $d.SnapshotVdi, $None).GetAwaiter().GetResult()
             Invoke-Xapi 'VDI.get_type' @($ref) | Should -Be 'cbt_metadata'
         }
+        @(Get-VMBackupSnapshot -VM web-01).BackupId | Should -Be @($inc.Id)
 
         $r = $inc | Restore-VMBackup -Name 'web-01 purged chain' -Confirm:$false
         @($r.Disks).Count | Should -Be 2

@@ -1,13 +1,12 @@
 using System.Management.Automation;
-using VProtect.Core.Backup;
 using VProtect.Core.Lifecycle;
 using VProtect.PowerShell.Infrastructure;
 
 namespace VProtect.PowerShell.Cmdlets;
 
 /// <summary>
-/// Remove-VMBackupSnapshot: destroys snapshots this module created (the snapshot VM and its disks). Refuses
-/// anything not tagged by this module. Removing the kept snapshot makes the next backup of that VM a full.
+/// Remove-VMBackupSnapshot: destroys snapshots this module created (the snapshot VM and its disks, or the
+/// metadata-only VDIs -PurgeSnapshotData kept). Refuses anything not tagged by this module. Removing the kept snapshot makes the next backup of that VM a full.
 /// </summary>
 [Cmdlet(VerbsCommon.Remove, "VMBackupSnapshot", SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.High)]
 public sealed class RemoveVMBackupSnapshotCommand : VProtectCmdlet
@@ -29,18 +28,14 @@ public sealed class RemoveVMBackupSnapshotCommand : VProtectCmdlet
         foreach (var s in Snapshot)
         {
             string what = s.IsOrphaned ? $"orphaned: {s.OrphanReason}" : "kept for the next incremental; the next backup will be a full";
-            if (!ShouldProcess($"snapshot {s.Name} ({s.Uuid}) of {s.VmName ?? s.VmUuid}", $"Remove ({what})")) continue;
+            string target = s.Kind == BackupSnapshots.KindCbtMetadata
+                ? $"metadata-only disk(s) {string.Join(", ", s.VdiUuids)} of backup {s.BackupId} of {s.VmName ?? s.VmUuid}"
+                : $"snapshot {s.Name} ({s.Uuid}) of {s.VmName ?? s.VmUuid}";
+            if (!ShouldProcess(target, $"Remove ({what})")) continue;
             TryRunEngine(async (sink, ct) =>
             {
-                var current = await BackupSnapshots.FindAsync(session.Client, null, null, ct).ConfigureAwait(false);
-                var match = current.FirstOrDefault(c => c.Uuid == s.Uuid);
-                if (match is null)
-                {
-                    sink.WriteVerbose($"Snapshot {s.Uuid} is already gone.");
-                    return;
-                }
-                await SnapshotService.DestroyAsync(session.Client, match.OpaqueRef, ct).ConfigureAwait(false);
-                sink.WriteVerbose($"Removed snapshot {s.Uuid} of {s.VmName ?? s.VmUuid}.");
+                int removed = await BackupSnapshots.RemoveAsync(session.Client, s, ct).ConfigureAwait(false);
+                sink.WriteVerbose(removed == 0 ? $"{target} is already gone." : $"Removed {target}.");
             }, s);
         }
     }
