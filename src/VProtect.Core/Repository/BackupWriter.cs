@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using System.Text.Json;
+using VProtect.Core.IO;
 
 namespace VProtect.Core.Repository;
 
@@ -109,7 +110,11 @@ public sealed class BackupWriter : IAsyncDisposable
         {
             Entry = entry;
             _inner = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
+            _writeBehind = WriteBehind.For(_inner);
         }
+
+        // A multi-GiB XVA would otherwise cross the kernel's dirty-page limit and be throttled, then wait on one fsync.
+        private readonly WriteBehind? _writeBehind;
 
         public FileManifest Entry { get; }
         public bool IsClosed { get; private set; }
@@ -128,14 +133,18 @@ public sealed class BackupWriter : IAsyncDisposable
         public override void Write(ReadOnlySpan<byte> buffer)
         {
             _sha.AppendData(buffer);
+            long at = _inner.Position;
             _inner.Write(buffer);
+            _writeBehind?.Written(at, buffer.Length);
         }
         public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
             => WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
-        public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+        public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
         {
             _sha.AppendData(buffer.Span);
-            return _inner.WriteAsync(buffer, cancellationToken);
+            long at = _inner.Position;
+            await _inner.WriteAsync(buffer, cancellationToken).ConfigureAwait(false);
+            _writeBehind?.Written(at, buffer.Length);
         }
 
         protected override void Dispose(bool disposing)

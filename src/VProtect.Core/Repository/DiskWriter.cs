@@ -1,5 +1,7 @@
 using System.Buffers;
+using System.Collections.Concurrent;
 using System.IO.Hashing;
+using VProtect.Core.IO;
 using ZstdSharp;
 
 namespace VProtect.Core.Repository;
@@ -8,6 +10,8 @@ namespace VProtect.Core.Repository;
 /// Writes one disk of a backup: ranges arrive in ascending disk order, are cut into records of at most
 /// <see cref="MaxRecordSize"/>, hashed (XXH128 of the plain bytes), compressed with zstd and appended to the data file;
 /// all-zero ranges become zero records with no data. Nothing is visible until the backup commits.
+/// Hashing and compression run on the thread pool, several records at once (bounded), while records are appended in
+/// disk order: on a small backup proxy they, not the network, would otherwise limit a full.
 /// </summary>
 public sealed class DiskWriter : IAsyncDisposable
 {
@@ -18,7 +22,14 @@ public sealed class DiskWriter : IAsyncDisposable
     private readonly string _dataPath, _indexPath;
     private readonly FileStream _data;
     private readonly FileStream _index;
-    private readonly Compressor _compressor = new(CompressionLevel);
+    // Records being encoded, in disk order; the head is appended first. Bounded by MaxInFlight (each holds a pooled
+    // copy of at most 1 MiB of plain data plus its compressed form).
+    private readonly Queue<Task<EncodedRecord>> _inFlight = new();
+    // Starts writeback as the data file grows: a multi-GiB full stays under the kernel's dirty-page limit (where every
+    // writer is throttled) and the closing fsync has little left to do.
+    private readonly WriteBehind? _writeBehind;
+    private readonly ConcurrentBag<Compressor> _compressors = new();
+    private static readonly int MaxInFlight = Math.Clamp(Environment.ProcessorCount * 2, 2, 16);
     private readonly XxHash64 _indexHash = new();
     private readonly byte[] _entry = new byte[BlockIndex.EntrySize];
     private long _lastEnd;
@@ -35,6 +46,7 @@ public sealed class DiskWriter : IAsyncDisposable
         _dataPath = Path.Combine(folder, disk.DataFile);
         _indexPath = Path.Combine(folder, disk.IndexFile);
         _data = new FileStream(_dataPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
+        _writeBehind = WriteBehind.For(_data);
         _index = new FileStream(_indexPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
         var header = new byte[BlockIndex.HeaderSize];
         BlockIndex.WriteHeader(header);
@@ -72,42 +84,86 @@ public sealed class DiskWriter : IAsyncDisposable
         while (length > 0)
         {
             int n = (int)Math.Min(MaxRecordSize, length);
-            await AppendEntryAsync(new BlockRecord(diskOffset, n, BlockRecordFlags.Zero, 0, 0, default), cancellationToken).ConfigureAwait(false);
+            await EnqueueAsync(Task.FromResult(new EncodedRecord(new BlockRecord(diskOffset, n, BlockRecordFlags.Zero, 0, 0, default), null, 0)), cancellationToken).ConfigureAwait(false);
             diskOffset += n; length -= n;
         }
         _lastEnd = diskOffset;
     }
+
+    private sealed record EncodedRecord(BlockRecord Record, byte[]? Buffer, int Length);
 
     private async ValueTask WriteRecordAsync(long diskOffset, ReadOnlyMemory<byte> plain, CancellationToken ct)
     {
         _dataBytes += plain.Length;
         if (!plain.Span.ContainsAnyExcept((byte)0))
         {
-            await AppendEntryAsync(new BlockRecord(diskOffset, plain.Length, BlockRecordFlags.Zero, 0, 0, default), ct).ConfigureAwait(false);
+            await EnqueueAsync(Task.FromResult(new EncodedRecord(new BlockRecord(diskOffset, plain.Length, BlockRecordFlags.Zero, 0, 0, default), null, 0)), ct).ConfigureAwait(false);
             return;
         }
-        UInt128 hash = XxHash128.HashToUInt128(plain.Span);
-        int bound = Compressor.GetCompressBound(plain.Length);
-        byte[] buffer = ArrayPool<byte>.Shared.Rent(bound);
+        // The caller may reuse its buffer once this returns: encode from a pooled copy.
+        byte[] copy = ArrayPool<byte>.Shared.Rent(plain.Length);
+        plain.CopyTo(copy);
+        int length = plain.Length;
+        await EnqueueAsync(Task.Run(() => Encode(diskOffset, copy, length), CancellationToken.None), ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Hashes and compresses one record; returns the bytes to store (the copy itself when zstd does not shrink it).</summary>
+    private EncodedRecord Encode(long diskOffset, byte[] plain, int length)
+    {
+        var span = plain.AsSpan(0, length);
+        UInt128 hash = XxHash128.HashToUInt128(span);
+        if (!_compressors.TryTake(out var compressor)) compressor = new Compressor(CompressionLevel);
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(Compressor.GetCompressBound(length));
         try
         {
-            int compressed = _compressor.Wrap(plain.Span, buffer);
-            long at = _data.Position;
-            BlockRecordFlags flags;
-            int stored;
-            if (compressed < plain.Length)
+            int compressed = compressor.Wrap(span, buffer);
+            if (compressed < length)
             {
-                await _data.WriteAsync(buffer.AsMemory(0, compressed), ct).ConfigureAwait(false);
-                flags = BlockRecordFlags.None; stored = compressed;
+                ArrayPool<byte>.Shared.Return(plain);
+                return new EncodedRecord(new BlockRecord(diskOffset, length, BlockRecordFlags.None, 0, compressed, hash), buffer, compressed);
             }
-            else
-            {
-                await _data.WriteAsync(plain, ct).ConfigureAwait(false);
-                flags = BlockRecordFlags.Raw; stored = plain.Length;
-            }
-            await AppendEntryAsync(new BlockRecord(diskOffset, plain.Length, flags, at, stored, hash), ct).ConfigureAwait(false);
+            ArrayPool<byte>.Shared.Return(buffer);
+            return new EncodedRecord(new BlockRecord(diskOffset, length, BlockRecordFlags.Raw, 0, length, hash), plain, length);
         }
-        finally { ArrayPool<byte>.Shared.Return(buffer); }
+        catch
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+            ArrayPool<byte>.Shared.Return(plain);
+            throw;
+        }
+        finally { _compressors.Add(compressor); }
+    }
+
+    private async ValueTask EnqueueAsync(Task<EncodedRecord> record, CancellationToken ct)
+    {
+        _inFlight.Enqueue(record);
+        while (_inFlight.Count > MaxInFlight) await AppendHeadAsync(ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Appends the oldest record being encoded (its data, then its index entry).</summary>
+    private async ValueTask AppendHeadAsync(CancellationToken ct)
+    {
+        var encoded = await _inFlight.Dequeue().ConfigureAwait(false);
+        try
+        {
+            var record = encoded.Record;
+            if (encoded.Buffer is not null)
+            {
+                record = record with { FileOffset = _data.Position };
+                await _data.WriteAsync(encoded.Buffer.AsMemory(0, encoded.Length), ct).ConfigureAwait(false);
+                _writeBehind?.Written(record.FileOffset, encoded.Length);
+            }
+            await AppendEntryAsync(record, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (encoded.Buffer is not null) ArrayPool<byte>.Shared.Return(encoded.Buffer);
+        }
+    }
+
+    private async ValueTask DrainAsync(CancellationToken ct)
+    {
+        while (_inFlight.Count > 0) await AppendHeadAsync(ct).ConfigureAwait(false);
     }
 
     private async ValueTask AppendEntryAsync(BlockRecord record, CancellationToken ct)
@@ -122,6 +178,7 @@ public sealed class DiskWriter : IAsyncDisposable
     public async ValueTask CompleteAsync(CancellationToken cancellationToken)
     {
         if (_completed) return;
+        await DrainAsync(cancellationToken).ConfigureAwait(false);
         var trailer = new byte[BlockIndex.TrailerSize];
         BlockIndex.WriteTrailer(trailer, _count, _indexHash.GetCurrentHashAsUInt64());
         await _index.WriteAsync(trailer, cancellationToken).ConfigureAwait(false);
@@ -138,7 +195,17 @@ public sealed class DiskWriter : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        _compressor.Dispose();
+        // On failure or cancellation: let the encoders finish, return their buffers, store nothing more.
+        while (_inFlight.Count > 0)
+        {
+            try
+            {
+                var encoded = await _inFlight.Dequeue().ConfigureAwait(false);
+                if (encoded.Buffer is not null) ArrayPool<byte>.Shared.Return(encoded.Buffer);
+            }
+            catch (Exception) { /* already reported, or the backup is being abandoned */ }
+        }
+        while (_compressors.TryTake(out var compressor)) compressor.Dispose();
         await _data.DisposeAsync().ConfigureAwait(false);
         await _index.DisposeAsync().ConfigureAwait(false);
     }

@@ -93,6 +93,48 @@ public sealed class BackupRepositoryTests : IDisposable
     }
 
     [Fact]
+    public async Task Records_encoded_in_parallel_are_stored_in_disk_order_even_when_the_caller_reuses_its_buffer()
+    {
+        // The writer hashes and compresses several records at once; the caller's buffer is overwritten as soon as each
+        // write returns (as the NBD and VHD readers do), so the writer must have copied it, and the index must still
+        // list records in disk order with ascending file offsets.
+        var repo = BackupRepository.Open(_root, create: true);
+        const int records = 64, recordSize = 1 << 20;
+        var model = new byte[(long)records * recordSize];
+        var rng = new Random(7);
+        var reused = new byte[recordSize];
+        BackupManifest backup;
+        await using (var chainLock = await repo.LockChainAsync(Vm, TimeSpan.FromSeconds(5), default))
+        await using (var writer = repo.BeginBackup(chainLock, new BackupManifest { VmUuid = Vm, VmName = "web01", Strategy = BackupStrategy.Cbt, Type = BackupType.Full }))
+        {
+            var disk = writer.AddDisk(new DiskManifest { Key = "disk-a", Device = "xvda", VirtualSize = model.Length });
+            for (int i = 0; i < records; i++)
+            {
+                long offset = (long)i * recordSize;
+                switch (i % 4)
+                {
+                    case 0: rng.NextBytes(reused); break;                                   // incompressible: stored raw
+                    case 1: reused.AsSpan().Fill((byte)(i * 3 + 1)); break;               // compresses to almost nothing
+                    case 2: Array.Clear(reused); await disk.WriteZeroesAsync(offset, recordSize, default); continue;
+                    default: rng.NextBytes(reused.AsSpan(0, recordSize / 2)); reused.AsSpan(recordSize / 2).Fill(9); break;
+                }
+                reused.CopyTo(model, offset);
+                await disk.WriteAsync(offset, reused, default);
+                rng.NextBytes(reused); // the caller reuses its buffer at once
+            }
+            await disk.CompleteAsync(default);
+            await writer.WriteVmMetadataAsync(new { name = "web01" }, default);
+            backup = await writer.CommitAsync(default);
+        }
+        using var source = repo.OpenDisk(backup, "disk-a");
+        var stored = await ReadAllAsync(source);
+        Assert.True(model.AsSpan().SequenceEqual(stored), "the stored disk differs from what was written");
+        var diskManifest = backup.Disks.Single();
+        Assert.Equal(records, diskManifest.RecordCount);
+        Assert.True(diskManifest.StoredBytes < (long)records * recordSize * 3 / 4, "compressible and zero records must not be stored in full");
+    }
+
+    [Fact]
     public async Task Each_range_of_the_newest_point_is_read_from_the_newest_backup_that_has_it()
     {
         var repo = BackupRepository.Open(_root, create: true);
