@@ -1,4 +1,6 @@
+using System.Buffers;
 using System.Security.Cryptography;
+using System.Threading.Channels;
 using System.Text.Json;
 using VProtect.Core.IO;
 
@@ -100,21 +102,29 @@ public sealed class BackupWriter : IAsyncDisposable
         }
     }
 
-    /// <summary>A write-only file stream that hashes what passes through and fills its manifest entry on close.</summary>
+    /// <summary>
+    /// A write-only file stream that hashes what passes through and fills its manifest entry on close. SHA-256 runs on
+    /// a background task over pooled copies of what was written (at most <see cref="HashQueueDepth"/> writes behind),
+    /// so hashing a multi-GiB XVA overlaps the download, the XVA checks and the file writes instead of adding to them.
+    /// </summary>
     private sealed class HashingFileStream : Stream
     {
+        private const int HashQueueDepth = 8;
         private readonly FileStream _inner;
         private readonly IncrementalHash _sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        private readonly Channel<(byte[] Buffer, int Length)> _toHash =
+            Channel.CreateBounded<(byte[], int)>(new BoundedChannelOptions(HashQueueDepth) { SingleReader = true, SingleWriter = true });
+        private readonly Task _hasher;
+        // A multi-GiB XVA would otherwise cross the kernel's dirty-page limit and be throttled, then wait on one fsync.
+        private readonly WriteBehind? _writeBehind;
 
         public HashingFileStream(string path, FileManifest entry)
         {
             Entry = entry;
             _inner = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
             _writeBehind = WriteBehind.For(_inner);
+            _hasher = Task.Run(HashLoopAsync);
         }
-
-        // A multi-GiB XVA would otherwise cross the kernel's dirty-page limit and be throttled, then wait on one fsync.
-        private readonly WriteBehind? _writeBehind;
 
         public FileManifest Entry { get; }
         public bool IsClosed { get; private set; }
@@ -129,10 +139,28 @@ public sealed class BackupWriter : IAsyncDisposable
         public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
         public override void SetLength(long value) => throw new NotSupportedException();
 
+        private async Task HashLoopAsync()
+        {
+            await foreach (var (buffer, length) in _toHash.Reader.ReadAllAsync().ConfigureAwait(false))
+            {
+                try { _sha.AppendData(buffer, 0, length); }
+                finally { ArrayPool<byte>.Shared.Return(buffer); }
+            }
+        }
+
+        private static (byte[], int) Copy(ReadOnlySpan<byte> data)
+        {
+            var copy = ArrayPool<byte>.Shared.Rent(Math.Max(1, data.Length));
+            data.CopyTo(copy);
+            return (copy, data.Length);
+        }
+
         public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
         public override void Write(ReadOnlySpan<byte> buffer)
         {
-            _sha.AppendData(buffer);
+            if (buffer.IsEmpty) return;
+            var item = Copy(buffer);
+            if (!_toHash.Writer.TryWrite(item)) _toHash.Writer.WriteAsync(item).AsTask().GetAwaiter().GetResult();
             long at = _inner.Position;
             _inner.Write(buffer);
             _writeBehind?.Written(at, buffer.Length);
@@ -141,7 +169,10 @@ public sealed class BackupWriter : IAsyncDisposable
             => WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
         public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
         {
-            _sha.AppendData(buffer.Span);
+            if (buffer.IsEmpty) return;
+            var item = Copy(buffer.Span);
+            try { await _toHash.Writer.WriteAsync(item, cancellationToken).ConfigureAwait(false); }
+            catch { ArrayPool<byte>.Shared.Return(item.Item1); throw; }
             long at = _inner.Position;
             await _inner.WriteAsync(buffer, cancellationToken).ConfigureAwait(false);
             _writeBehind?.Written(at, buffer.Length);
@@ -158,6 +189,8 @@ public sealed class BackupWriter : IAsyncDisposable
             if (!IsClosed)
             {
                 await _inner.FlushAsync().ConfigureAwait(false);
+                _toHash.Writer.TryComplete();
+                await _hasher.ConfigureAwait(false);
                 Close(flush: true);
             }
             await base.DisposeAsync().ConfigureAwait(false);
@@ -165,6 +198,8 @@ public sealed class BackupWriter : IAsyncDisposable
 
         private void Close(bool flush)
         {
+            _toHash.Writer.TryComplete();
+            _hasher.GetAwaiter().GetResult();
             if (flush) _inner.Flush(flushToDisk: true);
             Entry.Length = _inner.Length;
             Entry.Sha256 = Convert.ToHexString(_sha.GetHashAndReset()).ToLowerInvariant();

@@ -17,46 +17,29 @@ namespace VProtect.Simulator.Tests.Backup;
 /// the next incremental compares against that metadata and reads the new snapshot, and the metadata of the snapshot it
 /// replaces is released rather than left to pile up.
 /// </summary>
-public sealed class PurgeSnapshotDataTests : IAsyncLifetime
+public sealed class PurgeSnapshotDataTests : SimulatorRepositoryTestBase
 {
-    private XenSimulator _sim = null!;
-    private XapiSession _session = null!;
-    private readonly string _repoPath = Path.Combine(Path.GetTempPath(), "vprotect-purge-tests", Guid.NewGuid().ToString("n"));
-    private BackupRepository _repo = null!;
     private string _vmRef = "";
     private readonly BackupEngine _engine = new(new CbtStrategy());
 
-    public async Task InitializeAsync()
+    protected override async Task InitializeTestAsync()
     {
-        _sim = await XenSimulator.StartAsync(new SimulatorOptions { HttpsPort = null });
-        _session = await XapiSession.LoginAsync(_sim.Url, _sim.User, _sim.Password);
-        _repo = BackupRepository.Open(_repoPath, create: true);
-        _vmRef = (await _session.GetByNameLabelAsync("VM", "db-01")).Single();
-        var net = (await _session.GetByNameLabelAsync("network", DefaultScenario.ManagementNetwork)).Single();
-        await _session.CallAsync("network.add_purpose", new object?[] { net, "nbd" });
+        _vmRef = (await Session.GetByNameLabelAsync("VM", "db-01")).Single();
+        await AddNbdPurposeAsync();
     }
-
-    public async Task DisposeAsync()
-    {
-        await _session.DisposeAsync();
-        await _sim.DisposeAsync();
-        try { Directory.Delete(_repoPath, recursive: true); } catch (DirectoryNotFoundException) { }
-    }
-
-    private static CancellationToken Timeout() => new CancellationTokenSource(TimeSpan.FromMinutes(3)).Token;
 
     private Task<BackupResult> BackupAsync(BackupType type) =>
-        _engine.RunAsync(_session, _repo, _vmRef, new BackupOptions { Type = type, PurgeSnapshotData = true, NoFallback = true }, new RecordingObserver(), Timeout());
+        _engine.RunAsync(Session, Repo, _vmRef, new BackupOptions { Type = type, PurgeSnapshotData = true, NoFallback = true }, new RecordingObserver(), Timeout());
 
     private async Task<VdiRecord?> VdiAsync(string uuid)
     {
-        try { return await _session.GetRecordByUuidAsync<VdiRecord>(uuid); }
+        try { return await Session.GetRecordByUuidAsync<VdiRecord>(uuid); }
         catch (XapiException ex) when (ex.ErrorCode == "UUID_INVALID") { return null; }
     }
 
     private async Task AssertPurgedAsync(BackupManifest backup)
     {
-        await Assert.ThrowsAsync<XapiException>(() => _session.GetByUuidAsync("VM", backup.SnapshotUuid!));
+        await Assert.ThrowsAsync<XapiException>(() => Session.GetByUuidAsync("VM", backup.SnapshotUuid!));
         foreach (var d in backup.Disks)
         {
             var vdi = await VdiAsync(d.Properties[CbtStrategy.SnapshotVdiProperty]);
@@ -65,7 +48,7 @@ public sealed class PurgeSnapshotDataTests : IAsyncLifetime
             Assert.True(vdi.CbtEnabled);
             Assert.Equal(SnapshotService.CreatedByValue, vdi.OtherConfig[SnapshotService.CreatedByKey]);
             Assert.Equal(backup.Id, vdi.OtherConfig[SnapshotService.BackupIdKey]);
-            await Assert.ThrowsAsync<IOException>(async () => await _sim.OpenVdi(vdi.Uuid).ReadAsync(0, new byte[512], default));
+            await Assert.ThrowsAsync<IOException>(async () => await Sim.OpenVdi(vdi.Uuid).ReadAsync(0, new byte[512], default));
         }
     }
 
@@ -76,9 +59,9 @@ public sealed class PurgeSnapshotDataTests : IAsyncLifetime
         Assert.True(full.SnapshotKept);
         await AssertPurgedAsync(full.Backup);
 
-        var disks = await CbtTestKit.DisksAsync(_session, _vmRef);
-        await ControlApi.WriteAsync(_sim.OpenVdi(disks["1"]), 200L << 20, 3L << 20, 5101, Timeout());
-        await ControlApi.WriteAsync(_sim.OpenVdi(disks["2"]), 0, 64L << 10, 5102, Timeout());
+        var disks = await CbtTestKit.DisksAsync(Session, _vmRef);
+        await ControlApi.WriteAsync(Sim.OpenVdi(disks["1"]), 200L << 20, 3L << 20, 5101, Timeout());
+        await ControlApi.WriteAsync(Sim.OpenVdi(disks["2"]), 0, 64L << 10, 5102, Timeout());
         var inc = await BackupAsync(BackupType.Incremental);
         Assert.Equal(BackupType.Incremental, inc.Backup.Type);
         Assert.Equal(full.Backup.Id, inc.Backup.BaseId);
@@ -87,14 +70,14 @@ public sealed class PurgeSnapshotDataTests : IAsyncLifetime
         // The full's metadata-only disks were the base of this incremental; they are not needed any more.
         foreach (var d in full.Backup.Disks)
             Assert.Null(await VdiAsync(d.Properties[CbtStrategy.SnapshotVdiProperty]));
-        Assert.Empty(await SnapshotService.FindTaggedAsync(_session, null, default));
+        Assert.Empty(await SnapshotService.FindTaggedAsync(Session, null, default));
 
         var expected = new Dictionary<string, string>();
-        foreach (var (_, uuid) in disks) expected[uuid] = await ControlApi.HashAsync(_sim.OpenVdi(uuid), Timeout());
-        var restored = await new RestoreEngine(new CbtRestore()).RestoreAsync(_session, _repo, inc.Backup,
+        foreach (var (_, uuid) in disks) expected[uuid] = await ControlApi.HashAsync(Sim.OpenVdi(uuid), Timeout());
+        var restored = await new RestoreEngine(new CbtRestore()).RestoreAsync(Session, Repo, inc.Backup,
             new RestoreOptions { Name = "db-01 purged chain" }, new RecordingObserver(), Timeout());
         Assert.Equal(3, restored.Disks.Count);
         foreach (var d in restored.Disks)
-            Assert.Equal(expected[d.SourceKey], await ControlApi.HashAsync(_sim.OpenVdi(d.VdiUuid), Timeout()));
+            Assert.Equal(expected[d.SourceKey], await ControlApi.HashAsync(Sim.OpenVdi(d.VdiUuid), Timeout()));
     }
 }

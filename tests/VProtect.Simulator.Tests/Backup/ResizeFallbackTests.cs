@@ -19,60 +19,47 @@ namespace VProtect.Simulator.Tests.Backup;
 /// new size and the source's content, and a resize the plan could not see (done by the pre-snapshot script, between the
 /// plan and the snapshot) is caught from the snapshot itself.
 /// </summary>
-public sealed class ResizeFallbackTests : IAsyncLifetime
+public sealed class ResizeFallbackTests : SimulatorRepositoryTestBase
 {
-    private XenSimulator _sim = null!;
-    private XapiSession _session = null!;
-    private readonly string _repoPath = Path.Combine(Path.GetTempPath(), "vprotect-resize-tests", Guid.NewGuid().ToString("n"));
-    private BackupRepository _repo = null!;
     private string _vmRef = "";
     private Dictionary<string, string> _disks = null!; // userdevice -> VDI uuid
     private readonly BackupEngine _engine = new(new CbtStrategy(), new VProtect.Core.Backup.Xva.XvaStrategy());
 
-    public async Task InitializeAsync()
+    protected override void ConfigureSimulator(XenSimulator sim)
     {
-        _sim = await XenSimulator.StartAsync(new SimulatorOptions { HttpsPort = null });
-        Tests.XvaStrategy.TestDataPlane.InstallIfMissing(_sim);
-        _session = await XapiSession.LoginAsync(_sim.Url, _sim.User, _sim.Password);
-        _repo = BackupRepository.Open(_repoPath, create: true);
-        _vmRef = (await _session.GetByNameLabelAsync("VM", "db-01")).Single();
-        _disks = await CbtTestKit.DisksAsync(_session, _vmRef);
-        var net = (await _session.GetByNameLabelAsync("network", DefaultScenario.ManagementNetwork)).Single();
-        await _session.CallAsync("network.add_purpose", new object?[] { net, "nbd" });
+        Tests.XvaStrategy.TestDataPlane.InstallIfMissing(sim);
     }
 
-    public async Task DisposeAsync()
+    protected override async Task InitializeTestAsync()
     {
-        await _session.DisposeAsync();
-        await _sim.DisposeAsync();
-        try { Directory.Delete(_repoPath, recursive: true); } catch (DirectoryNotFoundException) { }
+        _vmRef = (await Session.GetByNameLabelAsync("VM", "db-01")).Single();
+        _disks = await CbtTestKit.DisksAsync(Session, _vmRef);
+        await AddNbdPurposeAsync();
     }
-
-    private static CancellationToken Timeout() => new CancellationTokenSource(TimeSpan.FromMinutes(3)).Token;
 
     private Task<BackupResult> BackupAsync(BackupStrategy strategy, BackupType type, RecordingObserver? observer = null, bool noFallback = false,
         Func<SnapshotScriptContext, CancellationToken, Task>? preSnapshot = null) =>
-        _engine.RunAsync(_session, _repo, _vmRef, new BackupOptions { Strategy = strategy, Type = type, NoFallback = noFallback, PreSnapshot = preSnapshot },
+        _engine.RunAsync(Session, Repo, _vmRef, new BackupOptions { Strategy = strategy, Type = type, NoFallback = noFallback, PreSnapshot = preSnapshot },
             observer ?? new RecordingObserver(), Timeout());
 
     /// <summary>VDI.resize through XAPI, as an administrator would; returns the size the host settled on.</summary>
     private async Task<long> ResizeAsync(string userdevice, long grow)
     {
-        var vdiRef = await _session.GetByUuidAsync("VDI", _disks[userdevice]);
-        long size = (await _session.GetRecordAsync<VdiRecord>(vdiRef)).VirtualSize;
-        await _session.CallAsyncTaskAsync("VDI.resize", new object?[] { vdiRef, size + grow }, null, Timeout());
-        return (await _session.GetRecordAsync<VdiRecord>(vdiRef)).VirtualSize;
+        var vdiRef = await Session.GetByUuidAsync("VDI", _disks[userdevice]);
+        long size = (await Session.GetRecordAsync<VdiRecord>(vdiRef)).VirtualSize;
+        await Session.CallAsyncTaskAsync("VDI.resize", new object?[] { vdiRef, size + grow }, null, Timeout());
+        return (await Session.GetRecordAsync<VdiRecord>(vdiRef)).VirtualSize;
     }
 
     private Task GuestWriteAsync(string userdevice, long offset, long length, long seed)
-        => ControlApi.WriteAsync(_sim.OpenVdi(_disks[userdevice]), offset, length, seed, Timeout());
+        => ControlApi.WriteAsync(Sim.OpenVdi(_disks[userdevice]), offset, length, seed, Timeout());
 
     private async Task<Dictionary<string, (long Size, string Hash)>> SourceDisksNowAsync()
     {
         var result = new Dictionary<string, (long, string)>();
         foreach (var (device, uuid) in _disks)
         {
-            var disk = _sim.OpenVdi(uuid);
+            var disk = Sim.OpenVdi(uuid);
             result[device] = (disk.Length, await ControlApi.HashAsync(disk, Timeout()));
         }
         return result;
@@ -81,9 +68,9 @@ public sealed class ResizeFallbackTests : IAsyncLifetime
     private async Task<Dictionary<string, (long Size, string Hash)>> VmDisksAsync(string vmRef)
     {
         var result = new Dictionary<string, (long, string)>();
-        foreach (var (device, uuid) in await CbtTestKit.DisksAsync(_session, vmRef))
+        foreach (var (device, uuid) in await CbtTestKit.DisksAsync(Session, vmRef))
         {
-            var disk = _sim.OpenVdi(uuid);
+            var disk = Sim.OpenVdi(uuid);
             result[device] = (disk.Length, await ControlApi.HashAsync(disk, Timeout()));
         }
         return result;
@@ -101,7 +88,7 @@ public sealed class ResizeFallbackTests : IAsyncLifetime
         var ex = await Assert.ThrowsAsync<IncrementalNotPossibleException>(() => BackupAsync(BackupStrategy.Cbt, BackupType.Incremental, noFallback: true));
         Assert.Contains("was resized", ex.Reason);
         Assert.Contains(_disks["1"], ex.Reason);
-        Assert.Single(_repo.ListBackups(full.Backup.VmUuid)); // nothing committed by the refused run
+        Assert.Single(Repo.ListBackups(full.Backup.VmUuid)); // nothing committed by the refused run
 
         var observer = new RecordingObserver();
         var fallback = await BackupAsync(BackupStrategy.Cbt, BackupType.Incremental, observer);
@@ -112,9 +99,9 @@ public sealed class ResizeFallbackTests : IAsyncLifetime
         Assert.Equal(after, fallback.Backup.Disks.Single(d => d.Key == _disks["1"]).VirtualSize);
         var atFallback = await SourceDisksNowAsync();
 
-        var restored = await new RestoreEngine(new CbtRestore()).RestoreAsync(_session, _repo, fallback.Backup,
+        var restored = await new RestoreEngine(new CbtRestore()).RestoreAsync(Session, Repo, fallback.Backup,
             new RestoreOptions { Name = "db-01 resized" }, new RecordingObserver(), Timeout());
-        var restoredVm = await _session.GetByUuidAsync("VM", restored.VmUuid!);
+        var restoredVm = await Session.GetByUuidAsync("VM", restored.VmUuid!);
         Assert.Equal(atFallback, await VmDisksAsync(restoredVm));
 
         // CBT survived the resize: the next incremental reads only what changed, the new area included.
@@ -135,7 +122,7 @@ public sealed class ResizeFallbackTests : IAsyncLifetime
         Assert.Equal(BackupType.Full, r.Backup.Type);
         Assert.Contains("was resized", r.Backup.FullReason);
         Assert.Equal(after, r.Backup.Disks.Single(d => d.Key == _disks["2"]).VirtualSize);
-        Assert.Equal(2, _repo.ListBackups(r.Backup.VmUuid).Count(b => b.Type == BackupType.Full));
+        Assert.Equal(2, Repo.ListBackups(r.Backup.VmUuid).Count(b => b.Type == BackupType.Full));
     }
 
     [Fact]
@@ -153,11 +140,11 @@ public sealed class ResizeFallbackTests : IAsyncLifetime
         Assert.Contains($"was resized from {after - (32L << 20)} to {after} bytes since the full backup {full.Backup.Id}", fallback.Backup.FullReason);
         var atFallback = await SourceDisksNowAsync();
         // The new full replaces the old one as the base: the old full's snapshot is released.
-        await Assert.ThrowsAsync<XapiException>(() => _session.GetByUuidAsync("VM", full.Backup.SnapshotUuid!));
+        await Assert.ThrowsAsync<XapiException>(() => Session.GetByUuidAsync("VM", full.Backup.SnapshotUuid!));
 
-        var restored = await new RestoreEngine(new XvaRestore()).RestoreAsync(_session, _repo, fallback.Backup,
+        var restored = await new RestoreEngine(new XvaRestore()).RestoreAsync(Session, Repo, fallback.Backup,
             new RestoreOptions { Name = "db-01 xva resized" }, new RecordingObserver(), Timeout());
-        var restoredVm = await _session.GetByUuidAsync("VM", restored.VmUuid!);
+        var restoredVm = await Session.GetByUuidAsync("VM", restored.VmUuid!);
         Assert.Equal(atFallback, await VmDisksAsync(restoredVm));
     }
 
@@ -174,7 +161,7 @@ public sealed class ResizeFallbackTests : IAsyncLifetime
         Assert.Single(r.Backup.Files, f => f.Kind == "xva");
         Assert.DoesNotContain(r.Backup.Files, f => f.Kind == "vhd");
         Assert.Contains(observer.Warnings, w => w.Contains("was resized"));
-        await Assert.ThrowsAsync<XapiException>(() => _session.GetByUuidAsync("VM", full.Backup.SnapshotUuid!));
+        await Assert.ThrowsAsync<XapiException>(() => Session.GetByUuidAsync("VM", full.Backup.SnapshotUuid!));
         // The next incremental is taken against the new full and needs no fallback.
         var inc = await BackupAsync(BackupStrategy.Xva, BackupType.Incremental, noFallback: true);
         Assert.Equal(r.Backup.Id, inc.Backup.BaseId);

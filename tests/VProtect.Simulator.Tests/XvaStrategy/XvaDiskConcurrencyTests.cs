@@ -18,43 +18,31 @@ namespace VProtect.Simulator.Tests.XvaStrategy;
 /// still byte-exact; one at a time when asked; and the first damaged delta cancels the others and commits nothing.
 /// The simulator's /export_raw_vdi is wrapped to observe how many requests are in flight.
 /// </summary>
-public sealed class XvaDiskConcurrencyTests : IAsyncLifetime
+public sealed class XvaDiskConcurrencyTests : SimulatorRepositoryTestBase
 {
-    private XenSimulator _sim = null!;
-    private XapiSession _session = null!;
-    private readonly string _repoPath = Path.Combine(Path.GetTempPath(), "vprotect-xva-concurrency-tests", Guid.NewGuid().ToString("n"));
-    private BackupRepository _repo = null!;
     private string _vmRef = "";
     private HttpHandler _realExportRawVdi = null!;
     private readonly object _gate = new();
     private int _inFlight, _maxInFlight, _requests;
 
-    public async Task InitializeAsync()
+    protected override void ConfigureSimulator(XenSimulator sim)
     {
-        _sim = await XenSimulator.StartAsync(new SimulatorOptions { HttpsPort = null });
-        _realExportRawVdi = _sim.Routes.Find("GET", "/export_raw_vdi")!;
-        _session = await XapiSession.LoginAsync(_sim.Url, _sim.User, _sim.Password);
-        _repo = BackupRepository.Open(_repoPath, create: true);
-        _vmRef = (await _session.GetByNameLabelAsync("VM", DefaultScenario.WebVm)).Single();
+        _realExportRawVdi = sim.Routes.Find("GET", "/export_raw_vdi")!;
     }
 
-    public async Task DisposeAsync()
+    protected override async Task InitializeTestAsync()
     {
-        await _session.DisposeAsync();
-        await _sim.DisposeAsync();
-        try { Directory.Delete(_repoPath, recursive: true); } catch (DirectoryNotFoundException) { }
+        _vmRef = (await Session.GetByNameLabelAsync("VM", DefaultScenario.WebVm)).Single();
     }
-
-    private static CancellationToken Timeout() => new CancellationTokenSource(TimeSpan.FromMinutes(3)).Token;
 
     private Task<BackupResult> BackupAsync(BackupType type, int diskConcurrency = 2) =>
         new BackupEngine(new VProtect.Core.Backup.Xva.XvaStrategy { DiskConcurrency = diskConcurrency })
-            .RunAsync(_session, _repo, _vmRef, new BackupOptions { Strategy = BackupStrategy.Xva, Type = type }, NullBackupObserver.Instance, Timeout());
+            .RunAsync(Session, Repo, _vmRef, new BackupOptions { Strategy = BackupStrategy.Xva, Type = type }, NullBackupObserver.Instance, Timeout());
 
     /// <summary>Wraps /export_raw_vdi: counts requests in flight; <paramref name="before"/> runs first in each request.</summary>
     private void WrapExportRawVdi(Func<int, HttpExchange, CancellationToken, Task<bool>> before)
     {
-        _sim.Routes.Add("GET", "/export_raw_vdi", async (x, ct) =>
+        Sim.Routes.Add("GET", "/export_raw_vdi", async (x, ct) =>
         {
             int n = Interlocked.Increment(ref _requests);
             int now = Interlocked.Increment(ref _inFlight);
@@ -69,12 +57,12 @@ public sealed class XvaDiskConcurrencyTests : IAsyncLifetime
 
     private async Task<List<VdiRecord>> SourceDisksAsync()
     {
-        var vm = await _session.GetRecordAsync<VmRecord>(_vmRef);
+        var vm = await Session.GetRecordAsync<VmRecord>(_vmRef);
         var disks = new List<(string, VdiRecord)>();
         foreach (var vbdRef in vm.VBDs)
         {
-            var vbd = await _session.GetRecordAsync<VbdRecord>(vbdRef);
-            if (vbd.Type == "Disk") disks.Add((vbd.UserDevice, await _session.GetRecordAsync<VdiRecord>(vbd.VDI)));
+            var vbd = await Session.GetRecordAsync<VbdRecord>(vbdRef);
+            if (vbd.Type == "Disk") disks.Add((vbd.UserDevice, await Session.GetRecordAsync<VdiRecord>(vbd.VDI)));
         }
         return disks.OrderBy(d => d.Item1, StringComparer.Ordinal).Select(d => d.Item2).ToList();
     }
@@ -82,21 +70,21 @@ public sealed class XvaDiskConcurrencyTests : IAsyncLifetime
     private async Task<Dictionary<string, string>> DiskHashesAsync(string vmRef)
     {
         var result = new Dictionary<string, string>();
-        var vm = await _session.GetRecordAsync<VmRecord>(vmRef);
+        var vm = await Session.GetRecordAsync<VmRecord>(vmRef);
         foreach (var vbdRef in vm.VBDs)
         {
-            var vbd = await _session.GetRecordAsync<VbdRecord>(vbdRef);
+            var vbd = await Session.GetRecordAsync<VbdRecord>(vbdRef);
             if (vbd.Type != "Disk") continue;
-            var vdi = await _session.GetRecordAsync<VdiRecord>(vbd.VDI);
-            result[vbd.UserDevice] = await ControlApi.HashAsync(_sim.OpenVdi(vdi.Uuid), Timeout());
+            var vdi = await Session.GetRecordAsync<VdiRecord>(vbd.VDI);
+            result[vbd.UserDevice] = await ControlApi.HashAsync(Sim.OpenVdi(vdi.Uuid), Timeout());
         }
         return result;
     }
 
     private async Task ChangeBothDisksAsync(List<VdiRecord> disks)
     {
-        await ControlApi.WriteAsync(_sim.OpenVdi(disks[0].Uuid), (3L << 20) + 4096, 3L << 20, 91, Timeout());
-        await ControlApi.WriteAsync(_sim.OpenVdi(disks[1].Uuid), 600L << 20, 1L << 20, 92, Timeout());
+        await ControlApi.WriteAsync(Sim.OpenVdi(disks[0].Uuid), (3L << 20) + 4096, 3L << 20, 91, Timeout());
+        await ControlApi.WriteAsync(Sim.OpenVdi(disks[1].Uuid), 600L << 20, 1L << 20, 92, Timeout());
     }
 
     [Fact]
@@ -124,9 +112,9 @@ public sealed class XvaDiskConcurrencyTests : IAsyncLifetime
         Assert.Equal(2, _requests);
         // The manifest lists the deltas in disk order, whichever finished first.
         Assert.Equal(disks.Select(d => d.Uuid), inc.Backup.Files.Where(f => f.Kind == "vhd").Select(f => f.DiskKey!));
-        var restored = await new RestoreEngine(new XvaRestore()).RestoreAsync(_session, _repo, inc.Backup, new RestoreOptions { Name = "r-concurrent" },
+        var restored = await new RestoreEngine(new XvaRestore()).RestoreAsync(Session, Repo, inc.Backup, new RestoreOptions { Name = "r-concurrent" },
             NullBackupObserver.Instance, Timeout());
-        Assert.Equal(expected, await DiskHashesAsync(await _session.GetByUuidAsync("VM", restored.VmUuid!)));
+        Assert.Equal(expected, await DiskHashesAsync(await Session.GetByUuidAsync("VM", restored.VmUuid!)));
     }
 
     [Fact]
@@ -160,7 +148,7 @@ public sealed class XvaDiskConcurrencyTests : IAsyncLifetime
         var disks = await SourceDisksAsync();
         var full = await BackupAsync(BackupType.Full);
         await ChangeBothDisksAsync(disks);
-        int vmsBefore = _sim.Core.Db.All("VM").Count;
+        int vmsBefore = Sim.Core.Db.All("VM").Count;
         // The first request is held for a minute; the second answers 200 with a body that is not a VHD. The backup must
         // fail on the damaged one without waiting for the held one.
         var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -185,9 +173,9 @@ public sealed class XvaDiskConcurrencyTests : IAsyncLifetime
         }
         finally { release.TrySetResult(); }
 
-        var vmUuid = (await _session.GetRecordAsync<VmRecord>(_vmRef)).Uuid;
-        Assert.Equal([full.Backup.Id], _repo.ListBackups(vmUuid).Select(b => b.Id));
-        Assert.Equal(vmsBefore, _sim.Core.Db.All("VM").Count); // the incremental's snapshot was destroyed
-        Assert.DoesNotContain(Directory.GetDirectories(_repoPath, "*", SearchOption.AllDirectories), d => Path.GetFileName(d).StartsWith('.'));
+        var vmUuid = (await Session.GetRecordAsync<VmRecord>(_vmRef)).Uuid;
+        Assert.Equal([full.Backup.Id], Repo.ListBackups(vmUuid).Select(b => b.Id));
+        Assert.Equal(vmsBefore, Sim.Core.Db.All("VM").Count); // the incremental's snapshot was destroyed
+        Assert.DoesNotContain(Directory.GetDirectories(RepoPath, "*", SearchOption.AllDirectories), d => Path.GetFileName(d).StartsWith('.'));
     }
 }

@@ -16,30 +16,20 @@ namespace VProtect.Simulator.Tests.XvaStrategy;
 /// XVA-strategy restore points read without the host (<see cref="XvaRestorePointSource"/>) against the simulator's own
 /// disks at each snapshot, and the health check (<see cref="TestRestore"/>) comparing every restored XVA disk with them.
 /// </summary>
-public sealed class XvaRestorePointTests : IAsyncLifetime
+public sealed class XvaRestorePointTests : SimulatorRepositoryTestBase
 {
-    private XenSimulator _sim = null!;
-    private XapiSession _session = null!;
-    private readonly string _repoPath = Path.Combine(Path.GetTempPath(), "vprotect-xvapoint-sim", Guid.NewGuid().ToString("n"));
-    private BackupRepository _repo = null!;
     private string _vmRef = "";
     private readonly BackupEngine _engine = new(new VProtect.Core.Backup.Xva.XvaStrategy());
     private readonly Observer _observer = new();
 
-    public async Task InitializeAsync()
+    protected override void ConfigureSimulator(XenSimulator sim)
     {
-        _sim = await XenSimulator.StartAsync(new SimulatorOptions { HttpsPort = null });
-        TestDataPlane.InstallIfMissing(_sim);
-        _session = await XapiSession.LoginAsync(_sim.Url, _sim.User, _sim.Password);
-        _repo = BackupRepository.Open(_repoPath, create: true);
-        _vmRef = (await _session.GetByNameLabelAsync("VM", DefaultScenario.WebVm)).Single();
+        TestDataPlane.InstallIfMissing(sim);
     }
 
-    public async Task DisposeAsync()
+    protected override async Task InitializeTestAsync()
     {
-        await _session.DisposeAsync();
-        await _sim.DisposeAsync();
-        try { Directory.Delete(_repoPath, recursive: true); } catch (DirectoryNotFoundException) { }
+        _vmRef = (await Session.GetByNameLabelAsync("VM", DefaultScenario.WebVm)).Single();
     }
 
     private sealed class Observer : IBackupObserver
@@ -50,19 +40,19 @@ public sealed class XvaRestorePointTests : IAsyncLifetime
         public void OnVerbose(string message) { }
     }
 
-    private static CancellationToken Timeout() => new CancellationTokenSource(TimeSpan.FromMinutes(5)).Token;
+    private static new CancellationToken Timeout() => Timeout(TimeSpan.FromMinutes(5));
 
     private Task<BackupResult> BackupAsync(BackupType type, bool compress = false) =>
-        _engine.RunAsync(_session, _repo, _vmRef, new BackupOptions { Strategy = BackupStrategy.Xva, Type = type, UseCompression = compress }, _observer, Timeout());
+        _engine.RunAsync(Session, Repo, _vmRef, new BackupOptions { Strategy = BackupStrategy.Xva, Type = type, UseCompression = compress }, _observer, Timeout());
 
     private async Task<List<VdiRecord>> SourceDisksAsync()
     {
-        var vm = await _session.GetRecordAsync<VmRecord>(_vmRef);
+        var vm = await Session.GetRecordAsync<VmRecord>(_vmRef);
         var disks = new List<(string, VdiRecord)>();
         foreach (var vbdRef in vm.VBDs)
         {
-            var vbd = await _session.GetRecordAsync<VbdRecord>(vbdRef);
-            if (vbd.Type == "Disk") disks.Add((vbd.UserDevice, await _session.GetRecordAsync<VdiRecord>(vbd.VDI)));
+            var vbd = await Session.GetRecordAsync<VbdRecord>(vbdRef);
+            if (vbd.Type == "Disk") disks.Add((vbd.UserDevice, await Session.GetRecordAsync<VdiRecord>(vbd.VDI)));
         }
         return disks.OrderBy(d => d.Item1, StringComparer.Ordinal).Select(d => d.Item2).ToList();
     }
@@ -71,7 +61,7 @@ public sealed class XvaRestorePointTests : IAsyncLifetime
     private async Task<Dictionary<string, string>> SourceHashesAsync(List<VdiRecord> disks)
     {
         var result = new Dictionary<string, string>();
-        foreach (var d in disks) result[d.Uuid] = (await ControlApi.HashAsync(_sim.OpenVdi(d.Uuid), Timeout())).ToLowerInvariant();
+        foreach (var d in disks) result[d.Uuid] = (await ControlApi.HashAsync(Sim.OpenVdi(d.Uuid), Timeout())).ToLowerInvariant();
         return result;
     }
 
@@ -91,7 +81,7 @@ public sealed class XvaRestorePointTests : IAsyncLifetime
 
     private async Task AssertPointAsync(BackupManifest point, Dictionary<string, string> expected)
     {
-        var sources = await XvaRestorePointSource.OpenAsync(_repo, point, null, new XvaRestorePointOptions { SpillDirectory = Path.Combine(_repoPath, "spill") }, Timeout());
+        var sources = await XvaRestorePointSource.OpenAsync(Repo, point, null, new XvaRestorePointOptions { SpillDirectory = Path.Combine(RepoPath, "spill") }, Timeout());
         try
         {
             Assert.Equal(expected.Keys.Order(), sources.Keys.Order());
@@ -110,12 +100,12 @@ public sealed class XvaRestorePointTests : IAsyncLifetime
         var disks = await SourceDisksAsync();
         var full = await BackupAsync(BackupType.Full);
         var atFull = await SourceHashesAsync(disks);
-        await ControlApi.WriteAsync(_sim.OpenVdi(disks[0].Uuid), (3L << 20) + 4096, (2L << 20) + 512, 91, Timeout()); // unaligned
-        await ControlApi.WriteAsync(_sim.OpenVdi(disks[1].Uuid), 600L << 20, 1L << 20, 92, Timeout());
+        await ControlApi.WriteAsync(Sim.OpenVdi(disks[0].Uuid), (3L << 20) + 4096, (2L << 20) + 512, 91, Timeout()); // unaligned
+        await ControlApi.WriteAsync(Sim.OpenVdi(disks[1].Uuid), 600L << 20, 1L << 20, 92, Timeout());
         var inc1 = await BackupAsync(BackupType.Incremental);
         var atInc1 = await SourceHashesAsync(disks);
-        await ControlApi.WriteAsync(_sim.OpenVdi(disks[0].Uuid), 3L << 20, 1L << 20, 93, Timeout());
-        await ControlApi.WriteAsync(_sim.OpenVdi(disks[0].Uuid), 1500L << 20, 64 << 10, 94, Timeout());
+        await ControlApi.WriteAsync(Sim.OpenVdi(disks[0].Uuid), 3L << 20, 1L << 20, 93, Timeout());
+        await ControlApi.WriteAsync(Sim.OpenVdi(disks[0].Uuid), 1500L << 20, 64 << 10, 94, Timeout());
         var inc2 = await BackupAsync(BackupType.Incremental);
         var atInc2 = await SourceHashesAsync(disks);
 
@@ -134,7 +124,7 @@ public sealed class XvaRestorePointTests : IAsyncLifetime
         var full = await BackupAsync(BackupType.Full, compress: true);
         Assert.Equal("zstd", full.Backup.Properties["xva.compression"]);
         await AssertPointAsync(full.Backup, await SourceHashesAsync(disks));
-        Assert.Empty(Directory.GetFiles(Path.Combine(_repoPath, "spill")));
+        Assert.Empty(Directory.GetFiles(Path.Combine(RepoPath, "spill")));
     }
 
     [Fact]
@@ -142,14 +132,14 @@ public sealed class XvaRestorePointTests : IAsyncLifetime
     {
         var disks = await SourceDisksAsync();
         await BackupAsync(BackupType.Full);
-        await ControlApi.WriteAsync(_sim.OpenVdi(disks[0].Uuid), 5L << 20, 1L << 20, 95, Timeout());
+        await ControlApi.WriteAsync(Sim.OpenVdi(disks[0].Uuid), 5L << 20, 1L << 20, 95, Timeout());
         var inc = await BackupAsync(BackupType.Incremental);
-        int vms = _sim.Core.Db.All("VM").Count, vdis = _sim.Core.Db.All("VDI").Count;
+        int vms = Sim.Core.Db.All("VM").Count, vdis = Sim.Core.Db.All("VDI").Count;
 
-        var problems = await TestRestore.RunAsync(_session, _repo, inc.Backup, _observer, Timeout());
+        var problems = await TestRestore.RunAsync(Session, Repo, inc.Backup, _observer, Timeout());
         Assert.Empty(problems);
-        Assert.Equal(vms, _sim.Core.Db.All("VM").Count);
-        Assert.Equal(vdis, _sim.Core.Db.All("VDI").Count);
+        Assert.Equal(vms, Sim.Core.Db.All("VM").Count);
+        Assert.Equal(vdis, Sim.Core.Db.All("VDI").Count);
     }
 
     [Fact]
@@ -157,30 +147,30 @@ public sealed class XvaRestorePointTests : IAsyncLifetime
     {
         var disks = await SourceDisksAsync();
         await BackupAsync(BackupType.Full);
-        await ControlApi.WriteAsync(_sim.OpenVdi(disks[1].Uuid), 7L << 20, 1L << 20, 96, Timeout());
+        await ControlApi.WriteAsync(Sim.OpenVdi(disks[1].Uuid), 7L << 20, 1L << 20, 96, Timeout());
         var inc = await BackupAsync(BackupType.Incremental);
-        int vms = _sim.Core.Db.All("VM").Count;
+        int vms = Sim.Core.Db.All("VM").Count;
 
         // A host that applies the delta and then silently damages the disk: the stored files are all fine, so only the
         // comparison of the restored disk with the backup can find it.
-        var import = _sim.Routes.Find("PUT", "/import_raw_vdi")!;
+        var import = Sim.Routes.Find("PUT", "/import_raw_vdi")!;
         string? damaged = null;
-        _sim.Routes.Add("PUT", "/import_raw_vdi", async (x, ct) =>
+        Sim.Routes.Add("PUT", "/import_raw_vdi", async (x, ct) =>
         {
             await import(x, ct);
-            var vdi = _sim.Core.Db.Get("VDI", x.Request.Query["vdi"]);
+            var vdi = Sim.Core.Db.Get("VDI", x.Request.Query["vdi"]);
             if (damaged is null)
             {
                 damaged = vdi.Uuid;
-                await ControlApi.WriteAsync(_sim.OpenVdi(vdi.Uuid), 11L << 20, 4096, 97, ct);
+                await ControlApi.WriteAsync(Sim.OpenVdi(vdi.Uuid), 11L << 20, 4096, 97, ct);
             }
         });
 
-        var problems = await TestRestore.RunAsync(_session, _repo, inc.Backup, _observer, Timeout());
+        var problems = await TestRestore.RunAsync(Session, Repo, inc.Backup, _observer, Timeout());
         Assert.NotNull(damaged);
         var problem = Assert.Single(problems);
         Assert.Contains(damaged!, problem.File);
         Assert.Contains("reads back with SHA-256", problem.Message);
-        Assert.Equal(vms, _sim.Core.Db.All("VM").Count);
+        Assert.Equal(vms, Sim.Core.Db.All("VM").Count);
     }
 }
