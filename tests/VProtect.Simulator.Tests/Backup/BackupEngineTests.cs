@@ -12,27 +12,13 @@ namespace VProtect.Simulator.Tests.Backup;
 /// The engine's guarantees (scripts, snapshots, never a silent full, clean-up on every failure) against the
 /// simulator, with a test strategy that copies the snapshot's disks straight from the simulator's storage.
 /// </summary>
-public sealed class BackupEngineTests : IAsyncLifetime
+public sealed class BackupEngineTests : SimulatorRepositoryTestBase
 {
-    private XenSimulator _sim = null!;
-    private XapiSession _session = null!;
-    private readonly string _repoPath = Path.Combine(Path.GetTempPath(), "vprotect-engine-tests", Guid.NewGuid().ToString("n"));
-    private BackupRepository _repo = null!;
     private string _vmRef = "";
 
-    public async Task InitializeAsync()
+    protected override async Task InitializeTestAsync()
     {
-        _sim = await XenSimulator.StartAsync(new SimulatorOptions { HttpsPort = null });
-        _session = await XapiSession.LoginAsync(_sim.Url, _sim.User, _sim.Password);
-        _repo = BackupRepository.Open(_repoPath, create: true);
-        _vmRef = (await _session.GetByNameLabelAsync("VM", DefaultScenario.WebVm)).Single();
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _session.DisposeAsync();
-        await _sim.DisposeAsync();
-        try { Directory.Delete(_repoPath, recursive: true); } catch (DirectoryNotFoundException) { }
+        _vmRef = (await Session.GetByNameLabelAsync("VM", DefaultScenario.WebVm)).Single();
     }
 
     private sealed class Observer : IBackupObserver
@@ -88,31 +74,31 @@ public sealed class BackupEngineTests : IAsyncLifetime
         }
     }
 
-    private async Task<IReadOnlyList<VmRecord>> TaggedSnapshotsAsync() => await SnapshotService.FindTaggedAsync(_session, null, default);
+    private async Task<IReadOnlyList<VmRecord>> TaggedSnapshotsAsync() => await SnapshotService.FindTaggedAsync(Session, null, default);
 
     [Fact]
     public async Task A_full_then_an_incremental_keep_exactly_one_tagged_snapshot_and_restore_the_source()
     {
-        var engine = new BackupEngine(new DirectStrategy(_sim));
+        var engine = new BackupEngine(new DirectStrategy(Sim));
         var observer = new Observer();
-        var full = await engine.RunAsync(_session, _repo, _vmRef, new BackupOptions { Type = BackupType.Full }, observer, default);
+        var full = await engine.RunAsync(Session, Repo, _vmRef, new BackupOptions { Type = BackupType.Full }, observer, default);
         var kept = Assert.Single(await TaggedSnapshotsAsync());
         Assert.Equal(full.Backup.SnapshotUuid, kept.Uuid);
         Assert.Equal(SnapshotService.StateKept, kept.OtherConfig[SnapshotService.StateKey]);
         Assert.Equal(full.Backup.Id, kept.OtherConfig[SnapshotService.BackupIdKey]);
 
-        var inc = await engine.RunAsync(_session, _repo, _vmRef, new BackupOptions { Type = BackupType.Incremental }, observer, default);
+        var inc = await engine.RunAsync(Session, Repo, _vmRef, new BackupOptions { Type = BackupType.Incremental }, observer, default);
         Assert.Equal(BackupType.Incremental, inc.Backup.Type);
         Assert.Equal(full.Backup.Id, inc.Backup.BaseId);
         var afterInc = Assert.Single(await TaggedSnapshotsAsync());
         Assert.Equal(inc.Backup.SnapshotUuid, afterInc.Uuid);
 
         // The stored disk equals the live disk (nothing wrote to it since).
-        var vm = await _session.GetRecordAsync<VmRecord>(_vmRef);
+        var vm = await Session.GetRecordAsync<VmRecord>(_vmRef);
         foreach (var disk in inc.Backup.Disks)
         {
-            using var restored = _repo.OpenDisk(inc.Backup, disk.Key);
-            Assert.Equal(await Sha256Async(_sim.OpenVdi(disk.Key)), await Sha256Async(restored));
+            using var restored = Repo.OpenDisk(inc.Backup, disk.Key);
+            Assert.Equal(await Sha256Async(Sim.OpenVdi(disk.Key)), await Sha256Async(restored));
         }
         Assert.True(File.Exists(Path.Combine(inc.RepositoryPath, BackupRepository.VmMetadataFile)));
         var metadata = VmMetadata.Read(Path.Combine(inc.RepositoryPath, BackupRepository.VmMetadataFile));
@@ -123,34 +109,34 @@ public sealed class BackupEngineTests : IAsyncLifetime
     [Fact]
     public async Task A_failure_mid_transfer_leaves_no_snapshot_and_no_listed_backup()
     {
-        var strategy = new DirectStrategy(_sim) { MidTransfer = () => throw new IOException("link dropped") };
+        var strategy = new DirectStrategy(Sim) { MidTransfer = () => throw new IOException("link dropped") };
         var engine = new BackupEngine(strategy);
-        await Assert.ThrowsAsync<IOException>(() => engine.RunAsync(_session, _repo, _vmRef, new BackupOptions(), new Observer(), default));
+        await Assert.ThrowsAsync<IOException>(() => engine.RunAsync(Session, Repo, _vmRef, new BackupOptions(), new Observer(), default));
         Assert.Empty(await TaggedSnapshotsAsync());
-        Assert.Empty(_repo.ListBackups());
-        Assert.Empty(Directory.GetDirectories(Path.Combine(_repoPath, "vms"), ".partial-*", SearchOption.AllDirectories));
+        Assert.Empty(Repo.ListBackups());
+        Assert.Empty(Directory.GetDirectories(Path.Combine(RepoPath, "vms"), ".partial-*", SearchOption.AllDirectories));
     }
 
     [Fact]
     public async Task Cancellation_mid_transfer_removes_the_snapshot_too()
     {
         using var cts = new CancellationTokenSource();
-        var strategy = new DirectStrategy(_sim) { MidTransfer = () => { cts.Cancel(); return Task.CompletedTask; } };
+        var strategy = new DirectStrategy(Sim) { MidTransfer = () => { cts.Cancel(); return Task.CompletedTask; } };
         var engine = new BackupEngine(strategy);
-        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => engine.RunAsync(_session, _repo, _vmRef, new BackupOptions(), new Observer(), cts.Token));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => engine.RunAsync(Session, Repo, _vmRef, new BackupOptions(), new Observer(), cts.Token));
         Assert.Empty(await TaggedSnapshotsAsync());
-        Assert.Empty(_repo.ListBackups());
+        Assert.Empty(Repo.ListBackups());
     }
 
     [Fact]
     public async Task An_incremental_without_a_previous_backup_is_a_full_with_the_reason_and_NoFallback_fails()
     {
-        var engine = new BackupEngine(new DirectStrategy(_sim));
+        var engine = new BackupEngine(new DirectStrategy(Sim));
         var observer = new Observer();
         await Assert.ThrowsAsync<IncrementalNotPossibleException>(() =>
-            engine.RunAsync(_session, _repo, _vmRef, new BackupOptions { Type = BackupType.Incremental, NoFallback = true }, observer, default));
+            engine.RunAsync(Session, Repo, _vmRef, new BackupOptions { Type = BackupType.Incremental, NoFallback = true }, observer, default));
         Assert.Empty(await TaggedSnapshotsAsync());
-        var r = await engine.RunAsync(_session, _repo, _vmRef, new BackupOptions { Type = BackupType.Incremental }, observer, default);
+        var r = await engine.RunAsync(Session, Repo, _vmRef, new BackupOptions { Type = BackupType.Incremental }, observer, default);
         Assert.Equal(BackupType.Full, r.Backup.Type);
         Assert.Contains("no previous backup", r.Backup.FullReason);
         Assert.Contains(observer.Warnings, w => w.Contains("full backup instead of an incremental"));
@@ -159,31 +145,31 @@ public sealed class BackupEngineTests : IAsyncLifetime
     [Fact]
     public async Task Scripts_run_in_order_and_a_failing_pre_script_stops_the_backup_but_still_runs_post()
     {
-        var engine = new BackupEngine(new DirectStrategy(_sim));
+        var engine = new BackupEngine(new DirectStrategy(Sim));
         var calls = new List<string>();
         var options = new BackupOptions
         {
             PreSnapshot = (c, _) => { calls.Add("pre:" + c.SnapshotUuid); return Task.CompletedTask; },
             PostSnapshot = (c, _) => { calls.Add("post:" + (c.SnapshotUuid is null ? "none" : "snap")); return Task.CompletedTask; },
         };
-        await engine.RunAsync(_session, _repo, _vmRef, options, new Observer(), default);
+        await engine.RunAsync(Session, Repo, _vmRef, options, new Observer(), default);
         Assert.Equal(new[] { "pre:", "post:snap" }, calls);
 
         calls.Clear();
         options.PreSnapshot = (_, _) => throw new InvalidOperationException("database would not freeze");
-        var ex = await Assert.ThrowsAsync<SnapshotScriptException>(() => engine.RunAsync(_session, _repo, _vmRef, options, new Observer(), default));
+        var ex = await Assert.ThrowsAsync<SnapshotScriptException>(() => engine.RunAsync(Session, Repo, _vmRef, options, new Observer(), default));
         Assert.Equal("pre-snapshot", ex.Phase);
         Assert.Equal(new[] { "post:none" }, calls);
-        Assert.Single(_repo.ListBackups()); // only the first run's backup
+        Assert.Single(Repo.ListBackups()); // only the first run's backup
         Assert.Single(await TaggedSnapshotsAsync()); // only the first run's kept snapshot
     }
 
     [Fact]
     public async Task A_quiesced_snapshot_falls_back_with_a_warning_on_a_host_that_removed_it()
     {
-        var engine = new BackupEngine(new DirectStrategy(_sim));
+        var engine = new BackupEngine(new DirectStrategy(Sim));
         var observer = new Observer();
-        var r = await engine.RunAsync(_session, _repo, _vmRef, new BackupOptions { Quiesce = true }, observer, default);
+        var r = await engine.RunAsync(Session, Repo, _vmRef, new BackupOptions { Quiesce = true }, observer, default);
         Assert.Contains(observer.Warnings, w => w.Contains("quiesced snapshot") && w.Contains("crash-consistent"));
         Assert.Equal("crash-consistent", r.Backup.Properties["snapshotConsistency"]);
     }
@@ -191,10 +177,10 @@ public sealed class BackupEngineTests : IAsyncLifetime
     [Fact]
     public async Task Excluded_disks_are_left_out_and_unknown_ones_are_refused_before_anything_happens()
     {
-        var engine = new BackupEngine(new DirectStrategy(_sim));
-        var r = await engine.RunAsync(_session, _repo, _vmRef, new BackupOptions { ExcludeDisks = new[] { "1" } }, new Observer(), default);
+        var engine = new BackupEngine(new DirectStrategy(Sim));
+        var r = await engine.RunAsync(Session, Repo, _vmRef, new BackupOptions { ExcludeDisks = new[] { "1" } }, new Observer(), default);
         Assert.Single(r.Backup.Disks);
-        await Assert.ThrowsAsync<ArgumentException>(() => engine.RunAsync(_session, _repo, _vmRef, new BackupOptions { ExcludeDisks = new[] { "xvdz" } }, new Observer(), default));
+        await Assert.ThrowsAsync<ArgumentException>(() => engine.RunAsync(Session, Repo, _vmRef, new BackupOptions { ExcludeDisks = new[] { "xvdz" } }, new Observer(), default));
         Assert.Single(await TaggedSnapshotsAsync());
     }
 
@@ -203,30 +189,30 @@ public sealed class BackupEngineTests : IAsyncLifetime
     [InlineData(true, QuiesceMode.Works)]    // VM.snapshot_with_quiesce never had ignore_vdis
     public async Task An_excluded_disk_is_never_kept_in_the_snapshot_when_the_host_cannot_leave_it_out(bool ignoreVdis, QuiesceMode quiesce)
     {
-        _sim.Settings.SnapshotIgnoreVdis = ignoreVdis;
-        _sim.Settings.SnapshotWithQuiesce = quiesce;
-        var excludedRef = (await _session.GetVmDisksAsync(_vmRef))[1].Vdi.OpaqueRef;
-        var engine = new BackupEngine(new DirectStrategy(_sim));
-        var r = await engine.RunAsync(_session, _repo, _vmRef,
+        Sim.Settings.SnapshotIgnoreVdis = ignoreVdis;
+        Sim.Settings.SnapshotWithQuiesce = quiesce;
+        var excludedRef = (await Session.GetVmDisksAsync(_vmRef))[1].Vdi.OpaqueRef;
+        var engine = new BackupEngine(new DirectStrategy(Sim));
+        var r = await engine.RunAsync(Session, Repo, _vmRef,
             new BackupOptions { ExcludeDisks = new[] { "1" }, Quiesce = quiesce == QuiesceMode.Works }, new Observer(), default);
         Assert.Single(r.Backup.Disks);
         Assert.Equal(quiesce == QuiesceMode.Works ? "quiesced" : "crash-consistent", r.Backup.Properties["snapshotConsistency"]);
         var kept = Assert.Single(await TaggedSnapshotsAsync());
-        var keptDisks = await _session.GetVmDisksAsync(kept.OpaqueRef);
+        var keptDisks = await Session.GetVmDisksAsync(kept.OpaqueRef);
         Assert.DoesNotContain(keptDisks, d => d.Vdi.SnapshotOf == excludedRef);
         Assert.Single(keptDisks);
-        var all = await _session.GetAllRecordsAsync<VdiRecord>(default);
+        var all = await Session.GetAllRecordsAsync<VdiRecord>(default);
         Assert.DoesNotContain(all, v => v.SnapshotOf == excludedRef);
     }
 
     [Fact]
     public async Task KeepSnapshot_false_removes_the_snapshot_after_commit()
     {
-        var engine = new BackupEngine(new DirectStrategy(_sim));
-        var r = await engine.RunAsync(_session, _repo, _vmRef, new BackupOptions { KeepSnapshot = false }, new Observer(), default);
+        var engine = new BackupEngine(new DirectStrategy(Sim));
+        var r = await engine.RunAsync(Session, Repo, _vmRef, new BackupOptions { KeepSnapshot = false }, new Observer(), default);
         Assert.False(r.SnapshotKept);
         Assert.Empty(await TaggedSnapshotsAsync());
-        Assert.Single(_repo.ListBackups());
+        Assert.Single(Repo.ListBackups());
     }
 
     private static async Task<string> Sha256Async(Core.IO.IBlockSource source)

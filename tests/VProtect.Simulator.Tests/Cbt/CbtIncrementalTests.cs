@@ -11,60 +11,46 @@ using Xunit;
 namespace VProtect.Simulator.Tests.Cbt;
 
 /// <summary>Fulls and incrementals over the simulator's xapi-nbd (TLS pinned), the fallback reasons, and NBD faults.</summary>
-public sealed class CbtIncrementalTests : IAsyncLifetime
+public sealed class CbtIncrementalTests : SimulatorRepositoryTestBase
 {
-    private XenSimulator _sim = null!;
-    private XapiSession _session = null!;
-    private readonly string _repoPath = Path.Combine(Path.GetTempPath(), "vprotect-cbt-inc-tests", Guid.NewGuid().ToString("n"));
-    private BackupRepository _repo = null!;
     private string _vmRef = "";
     private Dictionary<string, string> _disks = null!;
     private readonly BackupEngine _engine = new(new CbtStrategy { FullsOverNbd = true });
     private readonly RestoreEngine _restore = new(new CbtRestore());
 
-    public async Task InitializeAsync()
+    protected override async Task InitializeTestAsync()
     {
-        _sim = await XenSimulator.StartAsync(new SimulatorOptions { HttpsPort = null });
-        _session = await XapiSession.LoginAsync(_sim.Url, _sim.User, _sim.Password);
-        _repo = BackupRepository.Open(_repoPath, create: true);
-        _vmRef = (await _session.GetByNameLabelAsync("VM", DefaultScenario.WebVm)).Single();
-        _disks = await CbtTestKit.DisksAsync(_session, _vmRef);
+        _vmRef = (await Session.GetByNameLabelAsync("VM", DefaultScenario.WebVm)).Single();
+        _disks = await CbtTestKit.DisksAsync(Session, _vmRef);
         await SetNbdAsync("nbd");
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _session.DisposeAsync();
-        await _sim.DisposeAsync();
-        try { Directory.Delete(_repoPath, recursive: true); } catch (DirectoryNotFoundException) { }
     }
 
     private async Task SetNbdAsync(string? purpose)
     {
-        var net = (await _session.GetByNameLabelAsync("network", DefaultScenario.ManagementNetwork)).Single();
+        var net = (await Session.GetByNameLabelAsync("network", DefaultScenario.ManagementNetwork)).Single();
         foreach (var p in new[] { "nbd", "insecure_nbd" })
-            await _session.CallAsync("network.remove_purpose", new object?[] { net, p });
-        if (purpose is not null) await _session.CallAsync("network.add_purpose", new object?[] { net, purpose });
+            await Session.CallAsync("network.remove_purpose", new object?[] { net, p });
+        if (purpose is not null) await Session.CallAsync("network.add_purpose", new object?[] { net, purpose });
     }
 
     private Task<BackupResult> BackupAsync(BackupType type, RecordingObserver? observer = null, bool noFallback = false) =>
-        _engine.RunAsync(_session, _repo, _vmRef, new BackupOptions { Type = type, NoFallback = noFallback },
+        _engine.RunAsync(Session, Repo, _vmRef, new BackupOptions { Type = type, NoFallback = noFallback },
             observer ?? new RecordingObserver(), new CancellationTokenSource(TimeSpan.FromMinutes(2)).Token);
 
     private async Task<Dictionary<string, string>> SnapshotHashesAsync(BackupManifest backup)
     {
         var hashes = new Dictionary<string, string>();
         foreach (var d in backup.Disks)
-            hashes[d.Key] = await CbtTestKit.Sha256Async(_sim.OpenVdi(d.Properties[CbtStrategy.SnapshotVdiProperty]));
+            hashes[d.Key] = await CbtTestKit.Sha256Async(Sim.OpenVdi(d.Properties[CbtStrategy.SnapshotVdiProperty]));
         return hashes;
     }
 
     private async Task AssertRestoresAsync(BackupManifest point, Dictionary<string, string> expected)
     {
-        var result = await _restore.RestoreAsync(_session, _repo, point, new RestoreOptions { Name = "restored " + point.Id }, new RecordingObserver(), default);
+        var result = await _restore.RestoreAsync(Session, Repo, point, new RestoreOptions { Name = "restored " + point.Id }, new RecordingObserver(), default);
         Assert.Equal(expected.Count, result.Disks.Count);
         foreach (var d in result.Disks)
-            Assert.Equal(expected[d.SourceKey], await CbtTestKit.Sha256Async(_sim.OpenVdi(d.VdiUuid)));
+            Assert.Equal(expected[d.SourceKey], await CbtTestKit.Sha256Async(Sim.OpenVdi(d.VdiUuid)));
     }
 
     [Fact]
@@ -75,8 +61,8 @@ public sealed class CbtIncrementalTests : IAsyncLifetime
         Assert.All(full.Backup.Disks, d => Assert.Equal(d.VirtualSize, d.DataBytes)); // xapi-nbd cannot tell holes: every byte is read
         var fullHashes = await SnapshotHashesAsync(full.Backup);
 
-        await CbtTestKit.GuestWriteAsync(_sim, _disks["0"], 3L << 20, 200_000, 1);
-        await CbtTestKit.GuestWriteAsync(_sim, _disks["1"], 700L << 20, 4096, 2);
+        await CbtTestKit.GuestWriteAsync(Sim, _disks["0"], 3L << 20, 200_000, 1);
+        await CbtTestKit.GuestWriteAsync(Sim, _disks["1"], 700L << 20, 4096, 2);
         var inc1 = await BackupAsync(BackupType.Incremental);
         Assert.Equal(BackupType.Incremental, inc1.Backup.Type);
         Assert.Equal(full.Backup.Id, inc1.Backup.BaseId);
@@ -86,15 +72,15 @@ public sealed class CbtIncrementalTests : IAsyncLifetime
         Assert.Equal(4 * 65536L, inc1.Backup.Disks.Single(d => d.Key == _disks["0"]).DataBytes);
         Assert.Equal(65536L, inc1.Backup.Disks.Single(d => d.Key == _disks["1"]).DataBytes);
 
-        await CbtTestKit.GuestWriteAsync(_sim, _disks["0"], 3L << 20, 65536, 3); // overwrites part of inc1's change
-        await CbtTestKit.GuestWriteAsync(_sim, _disks["0"], (2L << 30) - 65536, 65536, 4);
+        await CbtTestKit.GuestWriteAsync(Sim, _disks["0"], 3L << 20, 65536, 3); // overwrites part of inc1's change
+        await CbtTestKit.GuestWriteAsync(Sim, _disks["0"], (2L << 30) - 65536, 65536, 4);
         var inc2 = await BackupAsync(BackupType.Incremental);
         Assert.Equal(inc1.Backup.Id, inc2.Backup.BaseId);
         Assert.Equal(0L, inc2.Backup.Disks.Single(d => d.Key == _disks["1"]).DataBytes);
         var inc2Hashes = await SnapshotHashesAsync(inc2.Backup);
 
         // Only the newest snapshot stays on the host.
-        var tagged = await SnapshotService.FindTaggedAsync(_session, null, default);
+        var tagged = await SnapshotService.FindTaggedAsync(Session, null, default);
         Assert.Equal(inc2.Backup.SnapshotUuid, Assert.Single(tagged).Uuid);
 
         await AssertRestoresAsync(inc2.Backup, inc2Hashes);
@@ -106,8 +92,8 @@ public sealed class CbtIncrementalTests : IAsyncLifetime
     public async Task Base_snapshot_gone_is_a_full_with_the_reason()
     {
         var full = await BackupAsync(BackupType.Full);
-        var snapRef = await _session.GetByUuidAsync("VM", full.Backup.SnapshotUuid!);
-        await SnapshotService.DestroyAsync(_session, snapRef, default);
+        var snapRef = await Session.GetByUuidAsync("VM", full.Backup.SnapshotUuid!);
+        await SnapshotService.DestroyAsync(Session, snapRef, default);
         var r = await BackupAsync(BackupType.Incremental);
         Assert.Equal(BackupType.Full, r.Backup.Type);
         Assert.Contains("is gone", r.Backup.FullReason);
@@ -117,23 +103,23 @@ public sealed class CbtIncrementalTests : IAsyncLifetime
     public async Task CBT_disabled_is_a_full_with_the_reason_and_NoFallback_fails()
     {
         await BackupAsync(BackupType.Full);
-        var vdiRef = await _session.GetByUuidAsync("VDI", _disks["1"]);
-        await _session.CallAsync("VDI.disable_cbt", new object?[] { vdiRef });
+        var vdiRef = await Session.GetByUuidAsync("VDI", _disks["1"]);
+        await Session.CallAsync("VDI.disable_cbt", new object?[] { vdiRef });
         var ex = await Assert.ThrowsAsync<IncrementalNotPossibleException>(() => BackupAsync(BackupType.Incremental, noFallback: true));
         Assert.Contains("CBT is disabled", ex.Reason);
         var r = await BackupAsync(BackupType.Incremental);
         Assert.Equal(BackupType.Full, r.Backup.Type);
         Assert.Contains("CBT is disabled", r.Backup.FullReason);
-        Assert.True((await _session.GetRecordAsync<VdiRecord>(vdiRef)).CbtEnabled, "the full re-enables CBT");
+        Assert.True((await Session.GetRecordAsync<VdiRecord>(vdiRef)).CbtEnabled, "the full re-enables CBT");
     }
 
     [Fact]
     public async Task CBT_reset_since_the_base_is_found_by_list_changed_blocks_and_gives_a_full()
     {
         var full = await BackupAsync(BackupType.Full);
-        var vdiRef = await _session.GetByUuidAsync("VDI", _disks["0"]);
-        await _session.CallAsync("VDI.disable_cbt", new object?[] { vdiRef });
-        await _session.CallAsync("VDI.enable_cbt", new object?[] { vdiRef });
+        var vdiRef = await Session.GetByUuidAsync("VDI", _disks["0"]);
+        await Session.CallAsync("VDI.disable_cbt", new object?[] { vdiRef });
+        await Session.CallAsync("VDI.enable_cbt", new object?[] { vdiRef });
         var observer = new RecordingObserver();
         var r = await BackupAsync(BackupType.Incremental, observer);
         Assert.Equal(BackupType.Full, r.Backup.Type);
@@ -141,7 +127,7 @@ public sealed class CbtIncrementalTests : IAsyncLifetime
         Assert.False(string.IsNullOrEmpty(r.Backup.FullReason));
         Assert.Contains(observer.Warnings, w => w.Contains("full backup instead of an incremental"));
         await AssertRestoresAsync(r.Backup, await SnapshotHashesAsync(r.Backup));
-        Assert.Empty(_repo.ListBackups().Where(b => b.Type == BackupType.Incremental));
+        Assert.Empty(Repo.ListBackups().Where(b => b.Type == BackupType.Incremental));
         Assert.Equal(full.Backup.VmUuid, r.Backup.VmUuid);
     }
 
@@ -159,13 +145,13 @@ public sealed class CbtIncrementalTests : IAsyncLifetime
     public async Task A_disk_added_since_the_base_gives_a_full_with_the_reason()
     {
         await BackupAsync(BackupType.Full);
-        var sr = (await _session.GetByNameLabelAsync("SR", DefaultScenario.SharedSr)).Single();
-        var vdi = XapiValue.AsString(await _session.CallAsync("VDI.create", new object?[] { new Dictionary<string, object?>
+        var sr = (await Session.GetByNameLabelAsync("SR", DefaultScenario.SharedSr)).Single();
+        var vdi = XapiValue.AsString(await Session.CallAsync("VDI.create", new object?[] { new Dictionary<string, object?>
         {
             ["name_label"] = "added", ["name_description"] = "", ["SR"] = sr, ["virtual_size"] = 64L << 20, ["type"] = "user",
             ["sharable"] = false, ["read_only"] = false, ["other_config"] = new Dictionary<string, object?>(),
         } }));
-        await _session.CallAsync("VBD.create", new object?[] { new Dictionary<string, object?>
+        await Session.CallAsync("VBD.create", new object?[] { new Dictionary<string, object?>
         {
             ["VM"] = _vmRef, ["VDI"] = vdi, ["userdevice"] = "2", ["bootable"] = false, ["mode"] = "RW", ["type"] = "Disk", ["empty"] = false,
             ["other_config"] = new Dictionary<string, object?>(), ["qos_algorithm_type"] = "", ["qos_algorithm_params"] = new Dictionary<string, object?>(),
@@ -180,14 +166,14 @@ public sealed class CbtIncrementalTests : IAsyncLifetime
     public async Task An_NBD_connection_dropped_mid_read_leaves_no_snapshot_and_no_backup_and_the_next_run_succeeds()
     {
         var full = await BackupAsync(BackupType.Full);
-        await CbtTestKit.GuestWriteAsync(_sim, _disks["0"], 0, 4 << 20, 9);
+        await CbtTestKit.GuestWriteAsync(Sim, _disks["0"], 0, 4 << 20, 9);
         // Drop every connection after 1 MiB, more times than the client retries.
-        _sim.Faults.AddDrop(new Faults.TransferDropFault(Faults.TransferChannel.Nbd, 1 << 20, 100));
+        Sim.Faults.AddDrop(new Faults.TransferDropFault(Faults.TransferChannel.Nbd, 1 << 20, 100));
         await Assert.ThrowsAnyAsync<Exception>(() => BackupAsync(BackupType.Incremental));
-        var tagged = await SnapshotService.FindTaggedAsync(_session, null, default);
+        var tagged = await SnapshotService.FindTaggedAsync(Session, null, default);
         Assert.Equal(full.Backup.SnapshotUuid, Assert.Single(tagged).Uuid); // only the previous, kept base
-        Assert.Single(_repo.ListBackups());
-        _sim.Faults.Clear();
+        Assert.Single(Repo.ListBackups());
+        Sim.Faults.Clear();
         var ok = await BackupAsync(BackupType.Incremental);
         Assert.Equal(BackupType.Incremental, ok.Backup.Type);
         await AssertRestoresAsync(ok.Backup, await SnapshotHashesAsync(ok.Backup));

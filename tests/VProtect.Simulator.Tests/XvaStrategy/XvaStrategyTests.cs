@@ -19,34 +19,24 @@ namespace VProtect.Simulator.Tests.XvaStrategy;
 /// compared by SHA-256 with the source disks at their snapshots, fallbacks with their reasons, and damage found before
 /// anything is imported.
 /// </summary>
-public sealed class XvaStrategyTests : IAsyncLifetime
+public sealed class XvaStrategyTests : SimulatorRepositoryTestBase
 {
-    private XenSimulator _sim = null!;
-    private XapiSession _session = null!;
-    private readonly string _repoPath = Path.Combine(Path.GetTempPath(), "vprotect-xva-tests", Guid.NewGuid().ToString("n"));
-    private BackupRepository _repo = null!;
     private string _vmRef = "";
     private readonly BackupEngine _engine = new(new VProtect.Core.Backup.Xva.XvaStrategy());
     private readonly RestoreEngine _restore = new(new XvaRestore());
     private readonly Observer _observer = new();
     private int _importCalls;
 
-    public async Task InitializeAsync()
+    protected override void ConfigureSimulator(XenSimulator sim)
     {
-        _sim = await XenSimulator.StartAsync(new SimulatorOptions { HttpsPort = null });
-        TestDataPlane.InstallIfMissing(_sim);
-        var import = _sim.Routes.Find("PUT", "/import")!;
-        _sim.Routes.Add("PUT", "/import", (x, ct) => { Interlocked.Increment(ref _importCalls); return import(x, ct); });
-        _session = await XapiSession.LoginAsync(_sim.Url, _sim.User, _sim.Password);
-        _repo = BackupRepository.Open(_repoPath, create: true);
-        _vmRef = (await _session.GetByNameLabelAsync("VM", DefaultScenario.WebVm)).Single();
+        TestDataPlane.InstallIfMissing(sim);
+        var import = sim.Routes.Find("PUT", "/import")!;
+        sim.Routes.Add("PUT", "/import", (x, ct) => { Interlocked.Increment(ref _importCalls); return import(x, ct); });
     }
 
-    public async Task DisposeAsync()
+    protected override async Task InitializeTestAsync()
     {
-        await _session.DisposeAsync();
-        await _sim.DisposeAsync();
-        try { Directory.Delete(_repoPath, recursive: true); } catch (DirectoryNotFoundException) { }
+        _vmRef = (await Session.GetByNameLabelAsync("VM", DefaultScenario.WebVm)).Single();
     }
 
     private sealed class Observer : IBackupObserver
@@ -57,48 +47,46 @@ public sealed class XvaStrategyTests : IAsyncLifetime
         public void OnVerbose(string message) { }
     }
 
-    private static CancellationToken Timeout() => new CancellationTokenSource(TimeSpan.FromMinutes(3)).Token;
-
     private Task<BackupResult> BackupAsync(BackupType type, bool compress = false) =>
-        _engine.RunAsync(_session, _repo, _vmRef, new BackupOptions { Strategy = BackupStrategy.Xva, Type = type, UseCompression = compress }, _observer, Timeout());
+        _engine.RunAsync(Session, Repo, _vmRef, new BackupOptions { Strategy = BackupStrategy.Xva, Type = type, UseCompression = compress }, _observer, Timeout());
 
     /// <summary>SHA-256 of each disk of a VM, by userdevice.</summary>
     private async Task<Dictionary<string, string>> DiskHashesAsync(string vmRef)
     {
         var result = new Dictionary<string, string>();
-        var vm = await _session.GetRecordAsync<VmRecord>(vmRef);
+        var vm = await Session.GetRecordAsync<VmRecord>(vmRef);
         foreach (var vbdRef in vm.VBDs)
         {
-            var vbd = await _session.GetRecordAsync<VbdRecord>(vbdRef);
+            var vbd = await Session.GetRecordAsync<VbdRecord>(vbdRef);
             if (vbd.Type != "Disk") continue;
-            var vdi = await _session.GetRecordAsync<VdiRecord>(vbd.VDI);
-            result[vbd.UserDevice] = await ControlApi.HashAsync(_sim.OpenVdi(vdi.Uuid), Timeout());
+            var vdi = await Session.GetRecordAsync<VdiRecord>(vbd.VDI);
+            result[vbd.UserDevice] = await ControlApi.HashAsync(Sim.OpenVdi(vdi.Uuid), Timeout());
         }
         return result;
     }
 
     private async Task<List<VdiRecord>> SourceDisksAsync()
     {
-        var vm = await _session.GetRecordAsync<VmRecord>(_vmRef);
+        var vm = await Session.GetRecordAsync<VmRecord>(_vmRef);
         var disks = new List<(string, VdiRecord)>();
         foreach (var vbdRef in vm.VBDs)
         {
-            var vbd = await _session.GetRecordAsync<VbdRecord>(vbdRef);
-            if (vbd.Type == "Disk") disks.Add((vbd.UserDevice, await _session.GetRecordAsync<VdiRecord>(vbd.VDI)));
+            var vbd = await Session.GetRecordAsync<VbdRecord>(vbdRef);
+            if (vbd.Type == "Disk") disks.Add((vbd.UserDevice, await Session.GetRecordAsync<VdiRecord>(vbd.VDI)));
         }
         return disks.OrderBy(d => d.Item1, StringComparer.Ordinal).Select(d => d.Item2).ToList();
     }
 
     private async Task GuestWriteAsync(VdiRecord disk, long offset, long length, long seed)
-        => await ControlApi.WriteAsync(_sim.OpenVdi(disk.Uuid), offset, length, seed, Timeout());
+        => await ControlApi.WriteAsync(Sim.OpenVdi(disk.Uuid), offset, length, seed, Timeout());
 
     private async Task<bool> VmExistsAsync(string uuid)
     {
-        try { await _session.GetByUuidAsync("VM", uuid); return true; }
+        try { await Session.GetByUuidAsync("VM", uuid); return true; }
         catch (XapiException) { return false; }
     }
 
-    private int VmCount() => _sim.Core.Db.All("VM").Count;
+    private int VmCount() => Sim.Core.Db.All("VM").Count;
 
     [Fact]
     public async Task Full_then_two_cumulative_incrementals_restore_every_point_with_the_source_disks()
@@ -139,9 +127,9 @@ public sealed class XvaStrategyTests : IAsyncLifetime
 
         foreach (var (point, expected, name) in new[] { (full, atFull, "r-full"), (inc1, atInc1, "r-inc1"), (inc2, atInc2, "r-inc2") })
         {
-            var result = await _restore.RestoreAsync(_session, _repo, point.Backup, new RestoreOptions { Name = name }, _observer, Timeout());
-            var vmRef = await _session.GetByUuidAsync("VM", result.VmUuid!);
-            var vm = await _session.GetRecordAsync<VmRecord>(vmRef);
+            var result = await _restore.RestoreAsync(Session, Repo, point.Backup, new RestoreOptions { Name = name }, _observer, Timeout());
+            var vmRef = await Session.GetByUuidAsync("VM", result.VmUuid!);
+            var vm = await Session.GetRecordAsync<VmRecord>(vmRef);
             Assert.False(vm.IsATemplate);
             Assert.False(vm.IsASnapshot);
             Assert.Equal(name, vm.NameLabel);
@@ -163,19 +151,19 @@ public sealed class XvaStrategyTests : IAsyncLifetime
         var inc2 = await BackupAsync(BackupType.Incremental);
 
         // The chosen one alone (what XvaRestore does).
-        var alone = await _restore.RestoreAsync(_session, _repo, inc2.Backup, new RestoreOptions { Name = "alone" }, _observer, Timeout());
-        var aloneHashes = await DiskHashesAsync(await _session.GetByUuidAsync("VM", alone.VmUuid!));
+        var alone = await _restore.RestoreAsync(Session, Repo, inc2.Backup, new RestoreOptions { Name = "alone" }, _observer, Timeout());
+        var aloneHashes = await DiskHashesAsync(await Session.GetByUuidAsync("VM", alone.VmUuid!));
 
         // Each in turn (what vProtect does): the full, then inc1's deltas, then inc2's.
-        var inTurn = await _restore.RestoreAsync(_session, _repo, full.Backup, new RestoreOptions { Name = "in-turn" }, _observer, Timeout());
-        var inTurnRef = await _session.GetByUuidAsync("VM", inTurn.VmUuid!);
-        var transfer = new XapiHttpTransfer(_session);
+        var inTurn = await _restore.RestoreAsync(Session, Repo, full.Backup, new RestoreOptions { Name = "in-turn" }, _observer, Timeout());
+        var inTurnRef = await Session.GetByUuidAsync("VM", inTurn.VmUuid!);
+        var transfer = new XapiHttpTransfer(Session);
         foreach (var inc in new[] { inc1, inc2 })
             foreach (var delta in inc.Backup.Files.Where(f => f.Kind == "vhd"))
             {
                 var restoredDisk = inTurn.Disks.Single(d => d.SourceKey == delta.DiskKey);
-                var vdiRef = await _session.GetByUuidAsync("VDI", restoredDisk.VdiUuid);
-                await using var file = File.OpenRead(_repo.GetFilePath(inc.Backup, delta));
+                var vdiRef = await Session.GetByUuidAsync("VDI", restoredDisk.VdiUuid);
+                await using var file = File.OpenRead(Repo.GetFilePath(inc.Backup, delta));
                 await transfer.ImportRawVdiAsync(vdiRef, file, file.Length, "vhd", null, Timeout());
             }
         Assert.Equal(aloneHashes, await DiskHashesAsync(inTurnRef));
@@ -187,12 +175,12 @@ public sealed class XvaStrategyTests : IAsyncLifetime
     {
         // Hash the bytes exactly as the host sends them during the backup.
         TestDataPlane.HashingStream? served = null;
-        _sim.Routes.Add("GET", "/export", TestDataPlane.Export(_sim, s => served = new TestDataPlane.HashingStream(s)));
+        Sim.Routes.Add("GET", "/export", TestDataPlane.Export(Sim, s => served = new TestDataPlane.HashingStream(s)));
         var expected = await DiskHashesAsync(_vmRef);
         var full = await BackupAsync(BackupType.Full, compress: true);
         var entry = full.Backup.Files.Single(f => f.Kind == "xva");
         Assert.Equal("zstd", full.Backup.Properties[XvaKeys.Compression]);
-        string path = _repo.GetFilePath(full.Backup, entry);
+        string path = Repo.GetFilePath(full.Backup, entry);
         Assert.NotNull(served);
         Assert.Equal(served!.Written, entry.Length);
         Assert.Equal(served.Sha256(), entry.Sha256);
@@ -200,7 +188,7 @@ public sealed class XvaStrategyTests : IAsyncLifetime
 
         // The host takes the stored file as it is, and the VM it makes has the disks of the snapshot.
         int before = VmCount();
-        var transfer = new XapiHttpTransfer(_session);
+        var transfer = new XapiHttpTransfer(Session);
         await using var file = File.OpenRead(path);
         var imported = await transfer.ImportVmAsync(file, file.Length, null, ct: Timeout());
         Assert.Single(imported);
@@ -213,7 +201,7 @@ public sealed class XvaStrategyTests : IAsyncLifetime
     {
         var full = await BackupAsync(BackupType.Full);
         var entry = full.Backup.Files.Single(f => f.Kind == "xva");
-        string path = _repo.GetFilePath(full.Backup, entry);
+        string path = Repo.GetFilePath(full.Backup, entry);
         // Flip one byte in the first chunk of the system disk (its data starts after ova.xml; the first 8 MiB are filled).
         await using (var fs = new FileStream(path, FileMode.Open, FileAccess.ReadWrite))
         {
@@ -224,10 +212,10 @@ public sealed class XvaStrategyTests : IAsyncLifetime
         }
         int vmsBefore = VmCount();
         var ex = await Assert.ThrowsAsync<BackupFormatException>(() =>
-            _restore.RestoreAsync(_session, _repo, full.Backup, new RestoreOptions { Name = "never" }, _observer, Timeout()));
+            _restore.RestoreAsync(Session, Repo, full.Backup, new RestoreOptions { Name = "never" }, _observer, Timeout()));
         Assert.Equal(0, Volatile.Read(ref _importCalls));
         Assert.Equal(vmsBefore, VmCount());
-        Assert.Empty(await _session.GetByNameLabelAsync("VM", "never"));
+        Assert.Empty(await Session.GetByNameLabelAsync("VM", "never"));
 
         // The chunk checksums alone find it too, even when the recorded SHA-256 is made to match the damaged file.
         var forged = new FileManifest { Name = entry.Name, Kind = entry.Kind, Length = entry.Length, Sha256 = Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(path))).ToLowerInvariant() };
@@ -246,8 +234,8 @@ public sealed class XvaStrategyTests : IAsyncLifetime
         await Assert.ThrowsAsync<IncrementalNotPossibleException>(async () =>
         {
             // A second VM with no backup, under NoFallback: the reason becomes an error instead.
-            var other = (await _session.GetByNameLabelAsync("VM", "db-01")).Single();
-            await _engine.RunAsync(_session, _repo, other, new BackupOptions { Strategy = BackupStrategy.Xva, Type = BackupType.Incremental, NoFallback = true }, _observer, Timeout());
+            var other = (await Session.GetByNameLabelAsync("VM", "db-01")).Single();
+            await _engine.RunAsync(Session, Repo, other, new BackupOptions { Strategy = BackupStrategy.Xva, Type = BackupType.Incremental, NoFallback = true }, _observer, Timeout());
         });
     }
 
@@ -255,8 +243,8 @@ public sealed class XvaStrategyTests : IAsyncLifetime
     public async Task An_incremental_after_the_full_snapshot_was_deleted_falls_back_to_a_full()
     {
         var full = await BackupAsync(BackupType.Full);
-        var snapRef = await _session.GetByUuidAsync("VM", full.Backup.SnapshotUuid!);
-        await SnapshotService.DestroyAsync(_session, snapRef, Timeout());
+        var snapRef = await Session.GetByUuidAsync("VM", full.Backup.SnapshotUuid!);
+        await SnapshotService.DestroyAsync(Session, snapRef, Timeout());
         var result = await BackupAsync(BackupType.Incremental);
         Assert.Equal(BackupType.Full, result.Backup.Type);
         Assert.Contains("no longer on the host", result.Backup.FullReason);
@@ -266,8 +254,8 @@ public sealed class XvaStrategyTests : IAsyncLifetime
     public async Task An_incremental_after_a_disk_was_added_falls_back_to_a_full()
     {
         await BackupAsync(BackupType.Full);
-        var ops = new ModelOps(_sim.Core);
-        var sr = _sim.Core.Db.All("pool").Single().Str("default_SR");
+        var ops = new ModelOps(Sim.Core);
+        var sr = Sim.Core.Db.All("pool").Single().Str("default_SR");
         var vdi = ops.CreateVdi(sr, new Dictionary<string, object?> { ["name_label"] = "added", ["type"] = "user" }, 64L << 20);
         ops.CreateVbd(_vmRef, vdi.Ref, "autodetect", "Disk", "RW", false, false);
         var result = await BackupAsync(BackupType.Incremental);
@@ -280,10 +268,10 @@ public sealed class XvaStrategyTests : IAsyncLifetime
     public async Task A_damaged_export_fails_the_backup_commits_nothing_and_removes_the_snapshot()
     {
         // One byte flipped 4 MiB into the stream (inside the system disk's first chunks), as a bad disk or network would.
-        _sim.Routes.Add("GET", "/export", TestDataPlane.Export(_sim, s => new TestDataPlane.FlipByteStream(s, 4L << 20)));
+        Sim.Routes.Add("GET", "/export", TestDataPlane.Export(Sim, s => new TestDataPlane.FlipByteStream(s, 4L << 20)));
         int vmsBefore = VmCount();
         await Assert.ThrowsAsync<XvaBackupException>(() => BackupAsync(BackupType.Full));
-        Assert.Empty(_repo.ListBackups(await VmUuidAsync()));
+        Assert.Empty(Repo.ListBackups(await VmUuidAsync()));
         Assert.Equal(vmsBefore, VmCount()); // the snapshot was destroyed
     }
 
@@ -291,25 +279,25 @@ public sealed class XvaStrategyTests : IAsyncLifetime
     public async Task An_export_cut_short_by_the_host_fails_the_backup_and_commits_nothing()
     {
         // The real data plane drops the connection 5 MiB into the XVA (the stand-in has no faults: this needs the real one).
-        _sim.Faults.AddDrop(new VProtect.Simulator.Faults.TransferDropFault(VProtect.Simulator.Faults.TransferChannel.Http, 5L << 20, 1));
+        Sim.Faults.AddDrop(new VProtect.Simulator.Faults.TransferDropFault(VProtect.Simulator.Faults.TransferChannel.Http, 5L << 20, 1));
         int vmsBefore = VmCount();
         var ex = await Record.ExceptionAsync(() => BackupAsync(BackupType.Full));
         Assert.NotNull(ex);
         Assert.True(ex is XvaBackupException or XapiException or XapiConnectionException or IOException, ex.ToString());
-        Assert.Empty(_repo.ListBackups(await VmUuidAsync()));
+        Assert.Empty(Repo.ListBackups(await VmUuidAsync()));
         Assert.Equal(vmsBefore, VmCount());
-        Assert.Empty(Directory.GetDirectories(_repoPath, "*", SearchOption.AllDirectories).Where(d => Path.GetFileName(d).StartsWith('.')));
+        Assert.Empty(Directory.GetDirectories(RepoPath, "*", SearchOption.AllDirectories).Where(d => Path.GetFileName(d).StartsWith('.')));
     }
 
     [Fact]
     public async Task Purging_the_snapshot_data_is_refused_before_any_snapshot_is_taken()
     {
         int vmsBefore = VmCount();
-        var ex = await Assert.ThrowsAsync<ArgumentException>(() => _engine.RunAsync(_session, _repo, _vmRef,
+        var ex = await Assert.ThrowsAsync<ArgumentException>(() => _engine.RunAsync(Session, Repo, _vmRef,
             new BackupOptions { Strategy = BackupStrategy.Xva, Type = BackupType.Full, PurgeSnapshotData = true }, _observer, Timeout()));
         Assert.Contains("CBT strategy only", ex.Message);
         Assert.Equal(vmsBefore, VmCount());
-        Assert.Empty(_repo.ListBackups(await VmUuidAsync()));
+        Assert.Empty(Repo.ListBackups(await VmUuidAsync()));
     }
 
     [Fact]
@@ -319,17 +307,17 @@ public sealed class XvaStrategyTests : IAsyncLifetime
         await BackupAsync(BackupType.Full);
         await GuestWriteAsync(disks[0], 0, 1L << 20, 91);
         var inc = await BackupAsync(BackupType.Incremental);
-        int vms = VmCount(), vdis = _sim.Core.Db.All("VDI").Count;
+        int vms = VmCount(), vdis = Sim.Core.Db.All("VDI").Count;
         // The import succeeds, then naming the imported VM fails on the host.
-        _sim.Faults.AddMethodFault(new VProtect.Simulator.Faults.XapiMethodFault("VM.set_name_label", "INTERNAL_ERROR", ["injected"], 1));
+        Sim.Faults.AddMethodFault(new VProtect.Simulator.Faults.XapiMethodFault("VM.set_name_label", "INTERNAL_ERROR", ["injected"], 1));
         var ex = await Assert.ThrowsAsync<XapiException>(() =>
-            _restore.RestoreAsync(_session, _repo, inc.Backup, new RestoreOptions { Name = "half" }, _observer, Timeout()));
+            _restore.RestoreAsync(Session, Repo, inc.Backup, new RestoreOptions { Name = "half" }, _observer, Timeout()));
         Assert.Equal("INTERNAL_ERROR", ex.ErrorCode);
         Assert.Equal(1, Volatile.Read(ref _importCalls));
         Assert.Equal(vms, VmCount());
-        Assert.Equal(vdis, _sim.Core.Db.All("VDI").Count);
+        Assert.Equal(vdis, Sim.Core.Db.All("VDI").Count);
         Assert.Empty(_observer.Warnings.Where(w => w.Contains("half-restored")));
     }
 
-    private async Task<string> VmUuidAsync() => (await _session.GetRecordAsync<VmRecord>(_vmRef)).Uuid;
+    private async Task<string> VmUuidAsync() => (await Session.GetRecordAsync<VmRecord>(_vmRef)).Uuid;
 }
