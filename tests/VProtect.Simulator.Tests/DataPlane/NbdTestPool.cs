@@ -98,8 +98,16 @@ internal sealed class NbdTestPool : IAsyncDisposable
         var list = new List<Dictionary<string, object?>>();
         foreach (var vbd in V.Arr(await Client.CallAsync("VDI.get_VBDs", vdiRef ?? VdiRef)))
         {
-            var r = await Client.RecordAsync("VBD", V.Str(vbd));
-            if (V.Bool(await Client.CallAsync("VM.get_is_control_domain", V.Str(r["VM"])))) list.Add(r);
+            Dictionary<string, object?> r;
+            try
+            {
+                r = await Client.RecordAsync("VBD", V.Str(vbd));
+                if (V.Bool(await Client.CallAsync("VM.get_is_control_domain", V.Str(r["VM"])))) list.Add(r);
+            }
+            catch (XapiFailure ex) when (ex.Code == "HANDLE_INVALID")
+            {
+                // Unplugged and destroyed between VDI.get_VBDs and the record read: it is gone, as waited for.
+            }
         }
         return list;
     }
