@@ -172,4 +172,50 @@ public sealed class FileBlockDeviceTests : IDisposable
         await disk.ReadAsync(7L * piece, back, default);
         Assert.Equal(Random(207, piece), back);
     }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Drop_behind_leaves_written_windows_out_of_the_page_cache_and_the_data_intact(bool dropBehind)
+    {
+        using var handle = File.OpenHandle(P("db.raw"), FileMode.CreateNew, FileAccess.ReadWrite);
+        var wb = WriteBehind.For(handle, window: MiB, dropBehind: dropBehind);
+        if (!OperatingSystem.IsLinux()) { Assert.Null(wb); return; }
+        const int windows = 8;
+        for (int i = 0; i < windows; i++)
+        {
+            RandomAccess.Write(handle, Random(300 + i, MiB), (long)i * MiB);
+            wb!.Written((long)i * MiB, MiB);
+        }
+        RandomAccess.FlushToDisk(handle);
+        await wb!.CompleteAsync();
+        // Windows 1..6 are dropped in the background once two newer ones exist; CompleteAsync drops the whole file.
+        Assert.Equal(dropBehind ? windows - 2 + 1 : 0, wb.Dropped);
+        // tmpfs keeps its pages whatever the advice: only a disk-backed file can show the effect.
+        if (FileSystemType(_dir) != "tmpfs")
+        {
+            long resident = ResidentBytes(P("db.raw"));
+            if (dropBehind) Assert.Equal(0, resident);
+            else Assert.Equal((long)windows * MiB, resident);
+        }
+        var back = new byte[MiB];
+        RandomAccess.Read(handle, back, 5L * MiB);
+        Assert.Equal(Random(305, MiB), back);
+    }
+
+    private static string Run(string file, params string[] args)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo(file) { RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        string output = p.StandardOutput.ReadToEnd().Trim();
+        p.WaitForExit();
+        Assert.Equal(0, p.ExitCode);
+        return output;
+    }
+
+    private static string FileSystemType(string path) => Run("stat", "-f", "-c", "%T", path);
+
+    /// <summary>Bytes of the file in the page cache, by util-linux's fincore (mincore(2)).</summary>
+    private static long ResidentBytes(string path) => long.Parse(Run("fincore", "-b", "-n", "-o", "RES", path), System.Globalization.CultureInfo.InvariantCulture);
 }

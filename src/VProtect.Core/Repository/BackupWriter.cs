@@ -115,14 +115,15 @@ public sealed class BackupWriter : IAsyncDisposable
         private readonly Channel<(byte[] Buffer, int Length)> _toHash =
             Channel.CreateBounded<(byte[], int)>(new BoundedChannelOptions(HashQueueDepth) { SingleReader = true, SingleWriter = true });
         private readonly Task _hasher;
-        // A multi-GiB XVA would otherwise cross the kernel's dirty-page limit and be throttled, then wait on one fsync.
+        // A multi-GiB XVA would otherwise cross the kernel's dirty-page limit and be throttled, then wait on one fsync;
+        // written windows leave the page cache (drop-behind, see WriteBehind).
         private readonly WriteBehind? _writeBehind;
 
         public HashingFileStream(string path, FileManifest entry)
         {
             Entry = entry;
             _inner = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
-            _writeBehind = WriteBehind.For(_inner);
+            _writeBehind = WriteBehind.For(_inner, dropBehind: true);
             _hasher = Task.Run(HashLoopAsync);
         }
 
@@ -200,7 +201,11 @@ public sealed class BackupWriter : IAsyncDisposable
         {
             _toHash.Writer.TryComplete();
             _hasher.GetAwaiter().GetResult();
-            if (flush) _inner.Flush(flushToDisk: true);
+            if (flush)
+            {
+                _inner.Flush(flushToDisk: true);
+                _writeBehind?.CompleteAsync().GetAwaiter().GetResult();
+            }
             Entry.Length = _inner.Length;
             Entry.Sha256 = Convert.ToHexString(_sha.GetHashAndReset()).ToLowerInvariant();
             _inner.Dispose();

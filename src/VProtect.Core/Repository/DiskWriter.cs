@@ -26,7 +26,8 @@ public sealed class DiskWriter : IAsyncDisposable
     // copy of at most 1 MiB of plain data plus its compressed form).
     private readonly Queue<Task<EncodedRecord>> _inFlight = new();
     // Starts writeback as the data file grows: a multi-GiB full stays under the kernel's dirty-page limit (where every
-    // writer is throttled) and the closing fsync has little left to do.
+    // writer is throttled) and the closing fsync has little left to do; written windows then leave the page cache
+    // (drop-behind: backup data is not read again soon, and recycled pages are much cheaper to write into).
     private readonly WriteBehind? _writeBehind;
     private readonly ConcurrentBag<Compressor> _compressors = new();
     private static readonly int MaxInFlight = Math.Clamp(Environment.ProcessorCount * 2, 2, 16);
@@ -46,7 +47,7 @@ public sealed class DiskWriter : IAsyncDisposable
         _dataPath = Path.Combine(folder, disk.DataFile);
         _indexPath = Path.Combine(folder, disk.IndexFile);
         _data = new FileStream(_dataPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
-        _writeBehind = WriteBehind.For(_data);
+        _writeBehind = WriteBehind.For(_data, dropBehind: true);
         _index = new FileStream(_indexPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
         var header = new byte[BlockIndex.HeaderSize];
         BlockIndex.WriteHeader(header);
@@ -186,6 +187,7 @@ public sealed class DiskWriter : IAsyncDisposable
         await _index.FlushAsync(cancellationToken).ConfigureAwait(false);
         _data.Flush(flushToDisk: true);
         _index.Flush(flushToDisk: true);
+        if (_writeBehind is not null) await _writeBehind.CompleteAsync().ConfigureAwait(false);
         _disk.RecordCount = _count;
         _disk.DataBytes = _dataBytes;
         _disk.StoredBytes = _data.Length + _index.Length;

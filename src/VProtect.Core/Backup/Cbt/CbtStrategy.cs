@@ -205,7 +205,8 @@ public sealed class CbtStrategy : IBackupStrategy
         foreach (var endpoint in endpoints)
         {
             NbdClient client;
-            try { client = await NbdClient.ConnectAsync(endpoint.ToClientOptions(ConnectionsFor(total, run.Options.NbdConnections)), ct).ConfigureAwait(false); }
+            int connections = ConnectionsFor(total, run.Options.NbdConnections);
+            try { client = await NbdClient.ConnectAsync(endpoint.ToClientOptions(connections), ct).ConfigureAwait(false); }
             catch (Exception ex) when (ex is not OperationCanceledException && ex is IOException or NbdException or System.Net.Sockets.SocketException)
             {
                 last = ex; // the next address of the host may work
@@ -213,6 +214,7 @@ public sealed class CbtStrategy : IBackupStrategy
             }
             await using (client.ConfigureAwait(false))
             {
+                run.Observer.OnVerbose($"Disk {disk.Device}: reading {total} bytes in {extents.Count} extents over NBD from {endpoint.Address}:{endpoint.Port} ({connections} connection(s)).");
                 var progress = new Progress(run, disk.Device, total);
                 await client.ReadExtentsAsync(extents, (offset, data, token) => writer.WriteAsync(offset, data, token),
                     progress, skipZeroes: false, ct).ConfigureAwait(false);
