@@ -14,13 +14,16 @@ public sealed partial class NbdClient : IAsyncDisposable
     private readonly SemaphoreSlim[] _reconnectLocks;
     private int _nextConnection;
     private int _disposed;
+    private readonly CancellationTokenSource _closing = new();
+    private Task _extraConnections = Task.CompletedTask;
 
-    private NbdClient(NbdClientOptions options, List<NbdConnection> connections)
+    private NbdClient(NbdClientOptions options, NbdConnection first, int slots)
     {
         _options = options;
-        Export = connections[0].Export;
-        _connections = [.. connections];
-        _reconnectLocks = connections.Select(_ => new SemaphoreSlim(1, 1)).ToArray();
+        Export = first.Export;
+        _connections = new NbdConnection?[slots];
+        _connections[0] = first;
+        _reconnectLocks = Enumerable.Range(0, slots).Select(_ => new SemaphoreSlim(1, 1)).ToArray();
         // Without NBD_INFO_BLOCK_SIZE the spec asks for 512-byte alignment (and xapi-nbd answers EINVAL otherwise).
         Alignment = Export.HasBlockSizeInfo ? Export.MinimumBlockSize : 512;
         int max = Math.Min(Export.MaximumPayload, options.RequestSize);
@@ -28,8 +31,11 @@ public sealed partial class NbdClient : IAsyncDisposable
     }
 
     /// <summary>
-    /// Opens the first connection, then (sequentially, as XO does to spare xapi) the others the server allows.
-    /// A server that accepts fewer connections than asked (qemu-nbd --shared=1, a busy xapi-nbd) leaves a smaller pool.
+    /// Opens the first connection and returns: reads can start at once. The others the server allows open in the
+    /// background, one after the other (as XO does, to spare xapi: each xapi-nbd connect plugs the VDI into dom0, which
+    /// xenopsd does one at a time for dom0 anyway), and join the pool as each is ready, so a small read does not wait
+    /// for connections it hardly needs. A server that accepts fewer than asked (qemu-nbd --shared=1, a busy xapi-nbd)
+    /// leaves a smaller pool. <see cref="WhenConnectedAsync"/> waits for the background connects.
     /// </summary>
     public static async Task<NbdClient> ConnectAsync(NbdClientOptions options, CancellationToken cancellationToken)
     {
@@ -37,29 +43,41 @@ public sealed partial class NbdClient : IAsyncDisposable
         var first = await NbdConnection.ConnectAsync(options, cancellationToken);
         var info = first.Export;
         int count = info.CanMultiConn || info.ReadOnly ? options.Connections : 1;
-        var connections = new List<NbdConnection> { first };
-        var extra = options with { ConnectTimeout = TimeSpan.FromTicks(Math.Min(options.ConnectTimeout.Ticks, TimeSpan.FromSeconds(5).Ticks)) };
-        for (int i = 1; i < count; i++)
+        var client = new NbdClient(options, first, count);
+        if (count > 1) client._extraConnections = client.ConnectOthersAsync();
+        return client;
+    }
+
+    /// <summary>Completes when the background connects ended (each joined the pool or the server refused more). Never fails.</summary>
+    public Task WhenConnectedAsync() => _extraConnections;
+
+    private async Task ConnectOthersAsync()
+    {
+        await Task.Yield();
+        var ct = _closing.Token;
+        var extra = _options with { ConnectTimeout = TimeSpan.FromTicks(Math.Min(_options.ConnectTimeout.Ticks, TimeSpan.FromSeconds(5).Ticks)) };
+        for (int i = 1; i < _connections.Length; i++)
         {
+            NbdConnection c;
+            // Any failure (refused, cap reached, closing): the pool keeps the connections it has.
+            try { c = await NbdConnection.ConnectAsync(extra, ct); }
+            catch (Exception) { return; }
+            if (c.Export.Size != Export.Size || c.Export.Flags != Export.Flags) { await c.DisposeAsync(); return; }
+            await _reconnectLocks[i].WaitAsync(CancellationToken.None);
             try
             {
-                var c = await NbdConnection.ConnectAsync(extra, cancellationToken);
-                if (c.Export.Size != info.Size || c.Export.Flags != info.Flags) { await c.DisposeAsync(); break; }
-                connections.Add(c);
+                // A reconnect may have filled the slot meanwhile (every other connection broke); closing takes nothing new.
+                if (_disposed != 0 || Volatile.Read(ref _connections[i]) is not null) { await c.DisposeAsync(); if (_disposed != 0) return; continue; }
+                Volatile.Write(ref _connections[i], c);
             }
-            catch (NbdException) when (!cancellationToken.IsCancellationRequested) { break; }
-            catch
-            {
-                foreach (var c in connections) await c.DisposeAsync();
-                throw;
-            }
+            finally { _reconnectLocks[i].Release(); }
         }
-        return new NbdClient(options, connections);
     }
 
     public NbdExportInfo Export { get; }
     public long Size => Export.Size;
-    public int ConnectionCount => _connections.Length;
+    /// <summary>Connections in the pool now (the background connects add to it; see <see cref="WhenConnectedAsync"/>).</summary>
+    public int ConnectionCount => _connections.Count(c => c is not null);
     /// <summary>Request offsets and lengths are multiples of this.</summary>
     public int Alignment { get; }
     /// <summary>Bytes per READ request actually used.</summary>
@@ -241,6 +259,9 @@ public sealed partial class NbdClient : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _closing.Cancel();
+        await _extraConnections; // never fails; after it no connection joins
         foreach (var c in _connections) if (c is not null) await c.DisposeAsync();
+        _closing.Dispose();
     }
 }

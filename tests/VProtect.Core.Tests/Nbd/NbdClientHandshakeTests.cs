@@ -240,6 +240,7 @@ public class NbdClientHandshakeTests
     {
         await using var peer = new FakeNbdPeer(w => w.NegotiateGoAsync(1 << 20, NbdTransmissionFlags.HasFlags, false)); // writable, no multi-conn
         await using var client = await NbdClient.ConnectAsync(peer.Options() with { Connections = 4 }, Timeout());
+        await client.WhenConnectedAsync();
         Assert.Equal(1, client.ConnectionCount);
     }
 }

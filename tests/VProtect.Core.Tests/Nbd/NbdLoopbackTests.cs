@@ -21,6 +21,7 @@ public class NbdLoopbackTests
         Assert.True(client.Export.StructuredReplies);
         Assert.NotNull(client.Export.AllocationContextId);
         Assert.True(client.Export.ReadOnly);
+        await client.WhenConnectedAsync();
         Assert.Equal(4, client.ConnectionCount);
 
         var extents = new[] { new Extent(5_000_000, 1_234_567), new Extent(17, 100_001), new Extent(disk.Length - 777, 777) };
@@ -277,5 +278,58 @@ public class NbdLoopbackTests
     private sealed class Latency(TimeSpan delay) : INbdServerHooks
     {
         public async ValueTask OnRequestAsync(NbdRequestInfo request, CancellationToken ct) => await Task.Delay(delay, ct);
+    }
+
+    [Fact]
+    public async Task Reads_start_on_the_first_connection_while_the_others_are_still_connecting()
+    {
+        var disk = await RandomSparseDiskAsync(4 << 20);
+        var expected = await ReadAllAsync(disk);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        int resolved = 0;
+        // Like xapi-nbd plugging the VDI into dom0: every connection after the first waits here until released.
+        await using var server = StartServer(disk, configure: o => o with
+        {
+            ResolveExport = async (req, ct) =>
+            {
+                if (Interlocked.Increment(ref resolved) > 1) await release.Task.WaitAsync(ct);
+                return new NbdExport(disk);
+            },
+        });
+        await using var client = await NbdClient.ConnectAsync(ClientOptions(server) with { Connections = 3 }, Timeout());
+        Assert.Equal(1, client.ConnectionCount);
+        var copy = new byte[disk.Length];
+        await client.ReadExtentsAsync([new Extent(0, disk.Length)], (o, d, _) => { d.CopyTo(copy.AsMemory((int)o)); return ValueTask.CompletedTask; }, cancellationToken: Timeout());
+        Assert.Equal(expected, copy);
+        Assert.Equal(1, client.ConnectionCount); // the whole read went over the first connection
+        Assert.False(client.WhenConnectedAsync().IsCompleted);
+
+        release.SetResult();
+        await client.WhenConnectedAsync().WaitAsync(Timeout());
+        Assert.Equal(3, client.ConnectionCount);
+        var again = new byte[disk.Length];
+        await client.ReadExtentsAsync([new Extent(0, disk.Length)], (o, d, _) => { d.CopyTo(again.AsMemory((int)o)); return ValueTask.CompletedTask; }, cancellationToken: Timeout());
+        Assert.Equal(expected, again);
+    }
+
+    [Fact]
+    public async Task Closing_the_client_while_the_others_are_still_connecting_stops_connecting()
+    {
+        var disk = await RandomSparseDiskAsync(1 << 20);
+        int resolved = 0;
+        await using var server = StartServer(disk, configure: o => o with
+        {
+            ResolveExport = async (req, ct) =>
+            {
+                if (Interlocked.Increment(ref resolved) > 1) await Task.Delay(300, CancellationToken.None);
+                return new NbdExport(disk);
+            },
+        });
+        var client = await NbdClient.ConnectAsync(ClientOptions(server) with { Connections = 4 }, Timeout());
+        await client.DisposeAsync().AsTask().WaitAsync(Timeout()); // while the second connect waits in the resolver
+        Assert.True(client.WhenConnectedAsync().IsCompleted);
+        await Task.Delay(1500); // long enough for connects 3 and 4 had the client gone on
+        Assert.True(Volatile.Read(ref resolved) <= 2, $"the client kept connecting after it was closed ({resolved} connects)");
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => client.ReadAsync(0, new byte[512], Timeout()));
     }
 }

@@ -113,6 +113,7 @@ public class NbdServerTests
         Assert.False(client.Export.StructuredReplies);
         Assert.Equal(NbdTransmissionFlags.HasFlags | NbdTransmissionFlags.ReadOnly, client.Export.Flags);
         Assert.Equal(512, client.Alignment);
+        await client.WhenConnectedAsync();
         Assert.Equal(4, client.ConnectionCount); // read-only: several connections are safe
         var copy = new byte[disk.Length];
         await client.ReadExtentsAsync([new Extent(0, disk.Length)], (o, d, _) => { d.CopyTo(copy.AsMemory((int)o)); return ValueTask.CompletedTask; }, cancellationToken: Timeout());

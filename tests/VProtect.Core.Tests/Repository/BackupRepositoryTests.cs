@@ -135,6 +135,37 @@ public sealed class BackupRepositoryTests : IDisposable
     }
 
     [Fact]
+    public async Task Concurrent_reads_of_a_chain_return_exact_data_while_decompressed_records_are_reused()
+    {
+        // The source keeps a few decompressed records and reuses the buffers of evicted ones; a reader still copying
+        // from a record must never see it overwritten by another reader's record.
+        var repo = BackupRepository.Open(_root, create: true);
+        const int recordSize = 1 << 20, records = 24;
+        var model = new byte[records * recordSize];
+        var fullData = Pattern(model.Length, 11);
+        fullData.CopyTo(model, 0);
+        var full = await WriteBackupAsync(repo, BackupType.Full, null, model.Length, [(0L, fullData)]);
+        var changes = Enumerable.Range(0, records).Where(i => i % 3 == 1)
+            .Select(i => ((long)i * recordSize + recordSize / 4, Pattern(recordSize / 2, 100 + i))).ToList();
+        foreach (var (o, d) in changes) d.CopyTo(model, o);
+        var inc = await WriteBackupAsync(repo, BackupType.Incremental, full.Id, model.Length, changes);
+        using var source = repo.OpenDisk(inc, "disk-a");
+        var readers = Enumerable.Range(0, 8).Select(t => Task.Run(async () =>
+        {
+            var rng = new Random(t);
+            var buffer = new byte[3 * recordSize];
+            for (int k = 0; k < 40; k++)
+            {
+                int length = rng.Next(1, buffer.Length);
+                long offset = rng.NextInt64(0, model.Length - length);
+                await source.ReadAsync(offset, buffer.AsMemory(0, length), default);
+                Assert.True(model.AsSpan((int)offset, length).SequenceEqual(buffer.AsSpan(0, length)), $"reader {t} read wrong data at {offset}+{length}");
+            }
+        })).ToArray();
+        await Task.WhenAll(readers);
+    }
+
+    [Fact]
     public async Task Each_range_of_the_newest_point_is_read_from_the_newest_backup_that_has_it()
     {
         var repo = BackupRepository.Open(_root, create: true);
