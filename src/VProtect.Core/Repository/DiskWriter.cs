@@ -20,15 +20,13 @@ public sealed class DiskWriter : IAsyncDisposable
 
     private readonly DiskManifest _disk;
     private readonly string _dataPath, _indexPath;
-    private readonly FileStream _data;
+    // Backup data is not read again soon: it goes to disk past the page cache (O_DIRECT where the file system allows),
+    // about 0.4 s of system time per GiB on the 2-vCPU VM against 4-5 s for buffered writes into fresh pages.
+    private readonly DirectFileAppender _data;
     private readonly FileStream _index;
     // Records being encoded, in disk order; the head is appended first. Bounded by MaxInFlight (each holds a pooled
     // copy of at most 1 MiB of plain data plus its compressed form).
     private readonly Queue<Task<EncodedRecord>> _inFlight = new();
-    // Starts writeback as the data file grows: a multi-GiB full stays under the kernel's dirty-page limit (where every
-    // writer is throttled) and the closing fsync has little left to do; written windows then leave the page cache
-    // (drop-behind: backup data is not read again soon, and recycled pages are much cheaper to write into).
-    private readonly WriteBehind? _writeBehind;
     private readonly ConcurrentBag<Compressor> _compressors = new();
     private static readonly int MaxInFlight = Math.Clamp(Environment.ProcessorCount * 2, 2, 16);
     private readonly XxHash64 _indexHash = new();
@@ -46,9 +44,17 @@ public sealed class DiskWriter : IAsyncDisposable
         disk.IndexFile = $"disks/{disk.Key}.index";
         _dataPath = Path.Combine(folder, disk.DataFile);
         _indexPath = Path.Combine(folder, disk.IndexFile);
-        _data = new FileStream(_dataPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
-        _writeBehind = WriteBehind.For(_data, dropBehind: true);
-        _index = new FileStream(_indexPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
+        _data = DirectFileAppender.Create(_dataPath);
+        try
+        {
+            _index = new FileStream(_indexPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
+        }
+        catch
+        {
+            // Nothing written or allocated yet: this only closes the data file.
+            _data.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            throw;
+        }
         var header = new byte[BlockIndex.HeaderSize];
         BlockIndex.WriteHeader(header);
         _index.Write(header);
@@ -151,8 +157,7 @@ public sealed class DiskWriter : IAsyncDisposable
             if (encoded.Buffer is not null)
             {
                 record = record with { FileOffset = _data.Position };
-                await _data.WriteAsync(encoded.Buffer.AsMemory(0, encoded.Length), ct).ConfigureAwait(false);
-                _writeBehind?.Written(record.FileOffset, encoded.Length);
+                await _data.AppendAsync(encoded.Buffer.AsMemory(0, encoded.Length), ct).ConfigureAwait(false);
             }
             await AppendEntryAsync(record, ct).ConfigureAwait(false);
         }
@@ -183,14 +188,12 @@ public sealed class DiskWriter : IAsyncDisposable
         var trailer = new byte[BlockIndex.TrailerSize];
         BlockIndex.WriteTrailer(trailer, _count, _indexHash.GetCurrentHashAsUInt64());
         await _index.WriteAsync(trailer, cancellationToken).ConfigureAwait(false);
-        await _data.FlushAsync(cancellationToken).ConfigureAwait(false);
+        await _data.CompleteAsync(cancellationToken).ConfigureAwait(false); // all written, exact length, fsync
         await _index.FlushAsync(cancellationToken).ConfigureAwait(false);
-        _data.Flush(flushToDisk: true);
         _index.Flush(flushToDisk: true);
-        if (_writeBehind is not null) await _writeBehind.CompleteAsync().ConfigureAwait(false);
         _disk.RecordCount = _count;
         _disk.DataBytes = _dataBytes;
-        _disk.StoredBytes = _data.Length + _index.Length;
+        _disk.StoredBytes = _data.Position + _index.Length;
         _completed = true;
         await DisposeAsync().ConfigureAwait(false);
     }
