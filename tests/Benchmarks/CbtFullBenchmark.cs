@@ -17,6 +17,7 @@ namespace VProtect.Benchmarks;
 public sealed class CbtFullBenchmark : IBenchmark
 {
     private const long MiB = 1024 * 1024;
+    private const int WarmUpRounds = 3;
     public string Name => "cbt-full";
 
     public async Task RunAsync(BenchmarkContext context, TextWriter report, CancellationToken ct)
@@ -51,10 +52,20 @@ public sealed class CbtFullBenchmark : IBenchmark
             };
             var full = new BackupOptions { Strategy = BackupStrategy.Cbt, Type = BackupType.Full };
 
-            // Warm JIT in both processes on the small VM.
+            // Warm JIT in both processes on the small VM: .NET promotes a method to optimised code after about 30 calls
+            // (tiered compilation), so each path runs several times; until then the JIT itself competes for the 2 cores.
             string warm = (await session.GetByNameLabelAsync("VM", "warm", ct)).Single();
+            string warmVdi = (await session.GetVmDisksAsync(warm, ct)).Single().Vdi.Uuid;
             await NbdcopyOnceAsync(session, warm, nbdcopyOut, run => MeasureAsync(sim, run), ct);
-            foreach (var e in engines) await e.Engine.RunAsync(session, repo, warm, full, NullBackupObserver.Instance, ct);
+            for (int w = 0; w < WarmUpRounds; w++)
+            {
+                foreach (var e in engines) await e.Engine.RunAsync(session, repo, warm, full, NullBackupObserver.Instance, ct);
+                for (int k = 0; k < 3; k++)
+                {
+                    await sim.WriteAsync(warmVdi, k * 64 * MiB, MiB, 77 + w * 10 + k, ct);
+                    await engines[0].Engine.RunAsync(session, repo, warm, new BackupOptions { Strategy = BackupStrategy.Cbt, Type = BackupType.Incremental }, NullBackupObserver.Instance, ct);
+                }
+            }
 
             string vm = (await session.GetByNameLabelAsync("VM", "bench", ct)).Single();
             var nbdcopyRuns = new List<Sample>();
@@ -89,12 +100,13 @@ public sealed class CbtFullBenchmark : IBenchmark
             {
                 for (long w = 0; w < writes; w++) await sim.WriteAsync(vdiUuid, w * stride + i * MiB, MiB, 500 + i * 1000 + w, ct);
                 Console.Error.WriteLine($"  round {i + 1}: incremental, {writes} MiB changed");
-                var observer = new TimedObserver();
-                using var perf = i == rounds - 1 ? PerfRecorder.Start(9) : null;
+                using var perf = i == rounds - 1 ? PerfRecorder.Start(9, sim.ProcessId) : null;
                 incRuns.Add(await MeasureAsync(sim, async () =>
                 {
+                    var observer = new TimedObserver(); // started with the measured clock
                     var result = await defaultEngine.RunAsync(session, repo, vm, new BackupOptions { Strategy = BackupStrategy.Cbt, Type = BackupType.Incremental }, observer, ct);
                     if (result.Backup.Type != BackupType.Incremental) throw new InvalidOperationException("Expected an incremental: " + result.Backup.FullReason);
+                    observer.OnVerbose("(returned)");
                     return 0.0;
                 }));
                 Console.Error.WriteLine($"    {incRuns[^1]}");
@@ -105,7 +117,7 @@ public sealed class CbtFullBenchmark : IBenchmark
             var bestCopy = nbdcopyRuns.MinBy(s => s.Wall)!;
             report.WriteLine($"## CBT full backup vs nbdcopy ({size / MiB} MiB disk, 50 % data, best of {rounds})");
             report.WriteLine();
-            report.WriteLine($"{Environment.ProcessorCount} cores; load average before {load}, after {LoadAverage()}. Simulator in its own process; insecure_nbd and plain HTTP; `sync` before each timing; JIT warmed on a 256 MiB VM. CPU = user + system seconds of each process during the run.");
+            report.WriteLine($"{Environment.ProcessorCount} cores; load average before {load}, after {LoadAverage()}. Simulator in its own process; insecure_nbd and plain HTTP; `sync` before each timing; JIT warmed on a 256 MiB VM ({WarmUpRounds} fulls per path and {3 * WarmUpRounds} incrementals). CPU = user + system seconds of each process during the run.");
             report.WriteLine();
             report.WriteLine("| Run | Wall s (all rounds) | Best wall s | vs nbdcopy | CPU s: client | CPU s: simulator |");
             report.WriteLine("|---|---|---:|---:|---:|---:|");
@@ -198,12 +210,13 @@ public sealed class CbtFullBenchmark : IBenchmark
         private readonly Process _perf;
         private PerfRecorder(Process perf) => _perf = perf;
 
-        public static PerfRecorder? Start(int path)
+        public static PerfRecorder? Start(int path, int? simulator = null)
         {
             string? dir = Environment.GetEnvironmentVariable("VP_BENCH_PERF");
             if (string.IsNullOrEmpty(dir)) return null;
             var psi = new ProcessStartInfo("perf") { UseShellExecute = false };
-            foreach (var a in new[] { "record", "-F", "999", "-g", "-p", Environment.ProcessId.ToString(CultureInfo.InvariantCulture), "-o", Path.Combine(dir, $"full-{path}.perf.data") })
+            string pids = Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + (simulator is int sp ? "," + sp.ToString(CultureInfo.InvariantCulture) : "");
+            foreach (var a in new[] { "record", "-F", "999", "-g", "-p", pids, "-o", Path.Combine(dir, $"full-{path}.perf.data") })
                 psi.ArgumentList.Add(a);
             var p = Process.Start(psi)!;
             Thread.Sleep(500);
