@@ -33,10 +33,16 @@ public sealed class LifecycleBenchmarks : IBenchmark
                 .Select(b => (b * Block, pool[(int)(b % pool.Length)].AsMemory(0, Block), (int)b)).ToList();
             var incremental = await WriteAsync(repo, BackupType.Incremental, full.Id, size, changed.Select(c => (c.Item1, c.Item2.ToArray(), c.Item3)), cancellationToken);
 
+            // The repository is written past the page cache (O_DIRECT), so the first verification reads the disk (cold);
+            // the second finds what the first read in the cache (warm): the code's own rate.
             clock.Restart();
             var verification = await new BackupVerifier(repo).VerifyAsync(incremental, cancellationToken);
             var verifyTime = clock.Elapsed;
             if (verification.Status != VerificationStatus.Healthy) throw new InvalidOperationException("The benchmark repository does not verify.");
+            clock.Restart();
+            var warmVerification = await new BackupVerifier(repo).VerifyAsync(incremental, cancellationToken);
+            var warmVerifyTime = clock.Elapsed;
+            if (warmVerification.Status != VerificationStatus.Healthy) throw new InvalidOperationException("The benchmark repository does not verify.");
             long stored = full.StoredBytes + incremental.StoredBytes;
 
             clock.Restart();
@@ -76,7 +82,8 @@ public sealed class LifecycleBenchmarks : IBenchmark
             report.WriteLine($"| full backup written to the repository (hash + zstd + write) | {fullTime.TotalSeconds:N2} s | {size / fullTime.TotalSeconds / 1e6:N0} MB/s of disk |");
             report.WriteLine($"| incremental, 1 % changed in 64 KiB blocks | | {changed.Count} blocks, {incremental.StoredBytes / 1e6:N1} MB stored |");
             report.WriteLine($"| roll the full forward into the incremental (Remove-VMBackup) | {mergeTime.TotalSeconds:N2} s | {mergeTime / fullTime * 100:N1} % of the full backup |");
-            report.WriteLine($"| Test-VMBackup of the incremental's chain | {verifyTime.TotalSeconds:N2} s | {verification.BytesChecked / verifyTime.TotalSeconds / 1e9:N2} GB/s stored, {verification.BlocksChecked} records, {stored / 1e6:N0} MB |");
+            report.WriteLine($"| Test-VMBackup of the incremental's chain, cold (read from disk) | {verifyTime.TotalSeconds:N2} s | {verification.BytesChecked / verifyTime.TotalSeconds / 1e9:N2} GB/s stored, {verification.BlocksChecked} records, {stored / 1e6:N0} MB |");
+            report.WriteLine($"| Test-VMBackup of the incremental's chain, warm (page cache) | {warmVerifyTime.TotalSeconds:N2} s | {warmVerification.BytesChecked / warmVerifyTime.TotalSeconds / 1e9:N2} GB/s stored |");
             var layers = merged.Disks[0].Layers();
             report.WriteLine($"| synthetic full (format version {merged.FormatVersion}) | | {layers.Count} layers, {merged.StoredBytes / 1e6:N0} MB stored, {layers.Sum(l => (long)l.RecordCount)} records, {merged.Disks[0].DeadBytes / 1e6:N1} MB dead |");
             report.WriteLine($"| read the synthetic full through its layers (restore read path) | {readTime.TotalSeconds:N2} s | {size / readTime.TotalSeconds / 1e6:N0} MB/s of disk |");

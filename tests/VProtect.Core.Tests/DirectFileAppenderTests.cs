@@ -213,6 +213,36 @@ public sealed class DirectFileAppenderTests : IDisposable
         Assert.True(handle.IsClosed);
     }
 
+    [Fact]
+    public async Task Space_reserved_ahead_of_the_writes_is_given_back_and_the_file_stays_in_few_extents()
+    {
+        // 100 MiB + a tail: the appender reserves 64 MiB ahead at a time (fallocate, size unchanged); after completion the
+        // file must occupy its length rounded to a block, not the reservation, and not be cut into many pieces.
+        var appender = DirectFileAppender.Create(P("reserve.data"));
+        long length = 100L * MiB + 12345;
+        try
+        {
+            if (!OperatingSystem.IsLinux() || !appender.IsDirect) return; // the reservation is part of the O_DIRECT path
+            var piece = Random(9, 777_777);
+            for (long done = 0; done < length;)
+            {
+                int n = (int)Math.Min(piece.Length, length - done);
+                await appender.AppendAsync(piece.AsMemory(0, n), default);
+                done += n;
+            }
+            await appender.CompleteAsync(default);
+        }
+        finally { await appender.DisposeAsync(); }
+        if (!OperatingSystem.IsLinux() || FileSystemType(_dir) is not ("ext2/ext3" or "xfs")) return;
+        Assert.Equal(length, new FileInfo(P("reserve.data")).Length);
+        long allocated = long.Parse(Run("stat", "-c", "%b", P("reserve.data")), System.Globalization.CultureInfo.InvariantCulture) * 512;
+        Assert.InRange(allocated, length, (length + 4095) / 4096 * 4096 + 64 * KiB);
+        // filefrag: "<path>: N extents found"
+        string frag = Run("filefrag", P("reserve.data"));
+        int extents = int.Parse(frag[(frag.LastIndexOf(':') + 1)..].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(extents <= 8, $"the file is in {extents} extents: {frag}");
+    }
+
     /// <summary>The appender knows O_DIRECT's value on Linux x64 and arm64 only.</summary>
     private static bool DirectIsPossibleHere() =>
         System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture is System.Runtime.InteropServices.Architecture.X64 or System.Runtime.InteropServices.Architecture.Arm64;

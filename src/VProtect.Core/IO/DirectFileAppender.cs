@@ -122,6 +122,7 @@ public sealed partial class DirectFileAppender : IAsyncDisposable
     /// <summary>Writes the current buffer's first <paramref name="length"/> bytes at its place in the file, in the background.</summary>
     private void StartWrite(int length, CancellationToken ct)
     {
+        Reserve(_written + length);
         var buffer = _buffers[_current];
         buffer.Write = WriteAsync(buffer, length, _written, ct);
         _written += _filled;
@@ -159,7 +160,8 @@ public sealed partial class DirectFileAppender : IAsyncDisposable
                 StartWrite(length, cancellationToken);
             }
             foreach (var buffer in _buffers) await buffer.Write.WaitAsync(cancellationToken).ConfigureAwait(false);
-            if (padded) RandomAccess.SetLength(_handle, _written);
+            // Also gives back the space reserved ahead of the data (Reserve).
+            if (padded || _reserved > _written) RandomAccess.SetLength(_handle, _written);
             cancellationToken.ThrowIfCancellationRequested();
             // fsync is not cancellable: not passing the token keeps Dispose from closing the handle under it.
             await Task.Run(() => RandomAccess.FlushToDisk(_handle), CancellationToken.None).ConfigureAwait(false);
@@ -205,6 +207,36 @@ public sealed partial class DirectFileAppender : IAsyncDisposable
 
     /// <summary>After a failed write or an interrupted call the file no longer holds what was appended: refuse to go on.</summary>
     private void Fail(Exception e) => _failure ??= ExceptionDispatchInfo.Capture(e);
+
+    // ---- reserving space ahead (Linux) ----
+
+    /// <summary>Bytes reserved ahead of the writes at once.</summary>
+    private const long ReserveStep = 64L << 20;
+    private const int FallocKeepSize = 1;
+    private long _reserved;
+    private bool _reserveFailed;
+
+    /// <summary>
+    /// Several O_DIRECT writes in flight make the file system allocate the file in pieces (measured: 234 extents for
+    /// 2 GB against 19 for one sequential writer), which slows reading it back; reserving 64 MiB at a time ahead of the
+    /// writes (fallocate, file size unchanged) keeps it in large extents. What is left over is cut by the final truncate.
+    /// </summary>
+    private void Reserve(long upTo)
+    {
+        if (!IsDirect || _reserveFailed || upTo <= _reserved) return;
+        long from = _reserved, length = Math.Max(ReserveStep, upTo - from);
+        bool added = false;
+        try
+        {
+            _handle.DangerousAddRef(ref added);
+            if (fallocate((int)_handle.DangerousGetHandle(), FallocKeepSize, from, length) == 0) _reserved = from + length;
+            else _reserveFailed = true; // EOPNOTSUPP and the like: a hint only
+        }
+        finally { if (added) _handle.DangerousRelease(); }
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int fallocate(int fd, int mode, long offset, long length);
 
     // ---- opening with O_DIRECT (Linux) ----
 
