@@ -127,9 +127,22 @@ public sealed class BackupEngine
             await using var writer = repository.BeginBackup(chainLock, manifest);
             var excludedRefs = excluded.Select(d => d.Vdi.OpaqueRef).ToHashSet();
             run.Report("VM metadata", null, 0, 0);
-            var metadata = await VmMetadata.CaptureAsync(session, vm, snapshot.Uuid, excludedRefs, ct).ConfigureAwait(false);
-            await writer.WriteVmMetadataAsync(metadata, ct).ConfigureAwait(false);
-            await strategy.TransferAsync(run, plan, snapshot, writer, ct).ConfigureAwait(false);
+            // The metadata (XAPI reads only) is captured while the data transfer starts: on an incremental the transfer
+            // first waits for the NBD connection's dom0 plug, and the two together were a measurable part of it.
+            // A metadata failure stops the transfer; vm.json is written once both are done.
+            using var transferCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            var metadataTask = VmMetadata.CaptureAsync(session, vm, snapshot.Uuid, excludedRefs, ct);
+            _ = metadataTask.ContinueWith(_ => { try { transferCts.Cancel(); } catch (ObjectDisposedException) { } },
+                CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+            try { await strategy.TransferAsync(run, plan, snapshot, writer, transferCts.Token).ConfigureAwait(false); }
+            catch (Exception) when (!metadataTask.IsCompleted || metadataTask.IsFaulted)
+            {
+                // Report the metadata's own failure rather than the cancellation it caused; else the transfer's.
+                try { await metadataTask.ConfigureAwait(false); }
+                catch (Exception) when (!metadataTask.IsFaulted) { }
+                throw;
+            }
+            await writer.WriteVmMetadataAsync(await metadataTask.ConfigureAwait(false), ct).ConfigureAwait(false);
             run.Report("Committing", null, 0, 0);
             committed = await writer.CommitAsync(ct).ConfigureAwait(false);
         }

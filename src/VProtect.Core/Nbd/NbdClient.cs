@@ -16,6 +16,7 @@ public sealed partial class NbdClient : IAsyncDisposable
     private int _disposed;
     private readonly CancellationTokenSource _closing = new();
     private Task _extraConnections = Task.CompletedTask;
+    private int _connectionLimit = int.MaxValue;
 
     private NbdClient(NbdClientOptions options, NbdConnection first, int slots)
     {
@@ -37,26 +38,45 @@ public sealed partial class NbdClient : IAsyncDisposable
     /// for connections it hardly needs. A server that accepts fewer than asked (qemu-nbd --shared=1, a busy xapi-nbd)
     /// leaves a smaller pool. <see cref="WhenConnectedAsync"/> waits for the background connects.
     /// </summary>
-    public static async Task<NbdClient> ConnectAsync(NbdClientOptions options, CancellationToken cancellationToken)
+    public static Task<NbdClient> ConnectAsync(NbdClientOptions options, CancellationToken cancellationToken)
+        => ConnectCoreAsync(options, null, cancellationToken);
+
+    private static async Task<NbdClient> ConnectCoreAsync(NbdClientOptions options, Task<int>? connectionsWanted, CancellationToken cancellationToken)
     {
         options.Validate();
         var first = await NbdConnection.ConnectAsync(options, cancellationToken);
         var info = first.Export;
         int count = info.CanMultiConn || info.ReadOnly ? options.Connections : 1;
         var client = new NbdClient(options, first, count);
-        if (count > 1) client._extraConnections = client.ConnectOthersAsync();
+        if (count > 1) client._extraConnections = client.ConnectOthersAsync(connectionsWanted);
         return client;
     }
 
     /// <summary>Completes when the background connects ended (each joined the pool or the server refused more). Never fails.</summary>
     public Task WhenConnectedAsync() => _extraConnections;
 
-    private async Task ConnectOthersAsync()
+    /// <summary>
+    /// As <see cref="ConnectAsync(NbdClientOptions, CancellationToken)"/>, for a caller that connects before it knows how
+    /// much it will read: the background connects wait for <paramref name="connectionsWanted"/> and open no more than
+    /// it says in all (at most <see cref="NbdClientOptions.Connections"/>; none when it fails or is cancelled).
+    /// </summary>
+    public static async Task<NbdClient> ConnectAsync(NbdClientOptions options, Task<int> connectionsWanted, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(connectionsWanted);
+        return await ConnectCoreAsync(options, connectionsWanted, cancellationToken);
+    }
+
+    private async Task ConnectOthersAsync(Task<int>? connectionsWanted)
     {
         await Task.Yield();
         var ct = _closing.Token;
+        if (connectionsWanted is not null)
+        {
+            try { _connectionLimit = Math.Max(1, await connectionsWanted.WaitAsync(ct)); }
+            catch (Exception) { return; } // not wanted after all, or closing
+        }
         var extra = _options with { ConnectTimeout = TimeSpan.FromTicks(Math.Min(_options.ConnectTimeout.Ticks, TimeSpan.FromSeconds(5).Ticks)) };
-        for (int i = 1; i < _connections.Length; i++)
+        for (int i = 1; i < _connections.Length && i < _connectionLimit; i++)
         {
             NbdConnection c;
             // Any failure (refused, cap reached, closing): the pool keeps the connections it has.

@@ -178,4 +178,55 @@ public sealed class CbtIncrementalTests : SimulatorRepositoryTestBase
         Assert.Equal(BackupType.Incremental, ok.Backup.Type);
         await AssertRestoresAsync(ok.Backup, await SnapshotHashesAsync(ok.Backup));
     }
+
+    /// <summary>VBDs plugged into dom0 (xapi-nbd's, one per open NBD connection), waited for until none is left (15 s).</summary>
+    private async Task WaitForNoDom0VbdsAsync()
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(15);
+        while (true)
+        {
+            int dom0 = 0;
+            foreach (var vbd in XapiValue.AsStringList(await Session.CallAsync("VBD.get_all", Array.Empty<object?>())))
+            {
+                var vm = XapiValue.AsString(await Session.CallAsync("VBD.get_VM", new object?[] { vbd }));
+                if (XapiValue.AsBool(await Session.CallAsync("VM.get_is_control_domain", new object?[] { vm }))) dom0++;
+            }
+            if (dom0 == 0) return;
+            Assert.True(DateTime.UtcNow < deadline, $"{dom0} dom0 VBD(s) left: an NBD connection was not closed");
+            await Task.Delay(20);
+        }
+    }
+
+    [Fact]
+    public async Task An_incremental_that_becomes_a_full_closes_the_NBD_connection_it_opened_early()
+    {
+        // The first disk's NBD connect starts while the host lists the changed blocks; when that fails and the run
+        // becomes a full, the connection must not outlive the decision.
+        await BackupAsync(BackupType.Full);
+        await CbtTestKit.GuestWriteAsync(Sim, _disks["0"], 0, 1 << 20, 21);
+        Sim.Faults.AddMethodFault(new Faults.XapiMethodFault("VDI.list_changed_blocks", "SR_BACKEND_FAILURE_460", ["", "Failed to calculate changed blocks for given VDIs. [opterr=Source and target VDI are unrelated]", ""], 1));
+        var r = await BackupAsync(BackupType.Incremental);
+        Assert.Equal(BackupType.Full, r.Backup.Type);
+        Assert.Contains("SR_BACKEND_FAILURE_460", r.Backup.FullReason);
+        await WaitForNoDom0VbdsAsync();
+        await AssertRestoresAsync(r.Backup, await SnapshotHashesAsync(r.Backup));
+    }
+
+    [Fact]
+    public async Task A_failure_reading_the_VM_metadata_fails_the_run_with_that_error_and_leaves_nothing_behind()
+    {
+        // The metadata is read while the transfer starts; its failure must be the one reported (not the cancellation it
+        // causes), and neither the new snapshot nor an NBD connection nor a backup may be left.
+        var full = await BackupAsync(BackupType.Full);
+        await CbtTestKit.GuestWriteAsync(Sim, _disks["0"], 0, 1 << 20, 22);
+        Sim.Faults.AddMethodFault(new Faults.XapiMethodFault("VIF.get_record", "INTERNAL_ERROR", ["injected metadata failure"], 1));
+        var ex = await Assert.ThrowsAsync<XapiException>(() => BackupAsync(BackupType.Incremental));
+        Assert.Equal("INTERNAL_ERROR", ex.ErrorCode);
+        var tagged = await SnapshotService.FindTaggedAsync(Session, null, default);
+        Assert.Equal(full.Backup.SnapshotUuid, Assert.Single(tagged).Uuid);
+        Assert.Single(Repo.ListBackups());
+        await WaitForNoDom0VbdsAsync();
+        var ok = await BackupAsync(BackupType.Incremental);
+        Assert.Equal(BackupType.Incremental, ok.Backup.Type);
+    }
 }

@@ -106,6 +106,17 @@ public sealed class CbtStrategy : IBackupStrategy
         // An incremental needs every disk's changed blocks before anything is written: if one cannot be had, the
         // whole backup becomes a full (a chain mixes no full and incremental disks), with the reason recorded.
         Dictionary<string, IReadOnlyList<Extent>>? changed = null;
+        // An incremental reads over NBD, and each connect plugs the VDI into dom0 (the slow part): the first disk's
+        // connect starts now, while the host lists the changed blocks. The others connect when their turn comes, so
+        // a VM with many disks does not hold many connections at once.
+        EarlyNbd? early = null;
+        if (plan.Type == BackupType.Incremental && snapshotDisks.Count > 0)
+        {
+            var wanted = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+            early = new EarlyNbd(snapshotDisks[0].Disk.Key, wanted, ConnectNbdAsync(run, snapshotDisks[0].Snap, wanted.Task, ct));
+        }
+        try
+        {
         if (plan.Type == BackupType.Incremental)
         {
             changed = new();
@@ -125,6 +136,8 @@ public sealed class CbtStrategy : IBackupStrategy
                 changed[disk.Key] = extents!;
             }
         }
+        // A full instead: the early NBD connection (and its dom0 VBD) goes before the export starts.
+        if (changed is null && early is not null && !early.Taken) await early.Take().DisposeUnusedAsync().ConfigureAwait(false);
 
         foreach (var (disk, snap) in snapshotDisks)
         {
@@ -136,14 +149,15 @@ public sealed class CbtStrategy : IBackupStrategy
             if (changed is not null)
             {
                 manifest.Properties[TransportProperty] = "nbd";
-                if (!await TryReadOverNbdAsync(run, disk, snap, changed[disk.Key], diskWriter, ct).ConfigureAwait(false))
+                var pre = early is not null && early.DiskKey == disk.Key && !early.Taken ? early.Take() : null;
+                if (!await TryReadOverNbdAsync(run, disk, snap, changed[disk.Key], diskWriter, pre, ct).ConfigureAwait(false))
                     throw new IOException($"Could not connect to NBD for disk {disk.Device} of '{run.Vm.NameLabel}' at any address VDI.get_nbd_info gave; an incremental needs NBD. Check the NBD network (Get-XenNbd) and retry.");
             }
             else
             {
                 var endpoints = FullsOverNbd ? await NbdEndpoint.GetAsync(run.Session, snap.OpaqueRef, ct).ConfigureAwait(false) : Array.Empty<NbdEndpoint>();
                 var whole = new[] { new Extent(0, snap.VirtualSize) };
-                if (endpoints.Count > 0 && await TryReadOverNbdAsync(run, disk, snap, whole, diskWriter, ct).ConfigureAwait(false))
+                if (endpoints.Count > 0 && await TryReadOverNbdAsync(run, disk, snap, whole, diskWriter, null, ct).ConfigureAwait(false))
                 {
                     manifest.Properties[TransportProperty] = "nbd";
                 }
@@ -155,6 +169,52 @@ public sealed class CbtStrategy : IBackupStrategy
             }
             await diskWriter.CompleteAsync(ct).ConfigureAwait(false);
         }
+        }
+        finally
+        {
+            // Not used (a fallback to a full, a failure): close it.
+            if (early is not null && !early.Taken) await early.Take().DisposeUnusedAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>A connect started before the changed blocks were known; <see cref="Wanted"/> gets the connection count.</summary>
+    private sealed class EarlyNbd(string diskKey, TaskCompletionSource<int> wanted, Task<NbdConnect> connect)
+    {
+        public string DiskKey { get; } = diskKey;
+        public TaskCompletionSource<int> Wanted { get; } = wanted;
+        public Task<NbdConnect> Connect { get; } = connect;
+        public bool Taken { get; private set; }
+
+        public EarlyNbd Take() { Taken = true; return this; }
+
+        public async Task DisposeUnusedAsync()
+        {
+            Wanted.TrySetCanceled();
+            try
+            {
+                var c = await Connect.ConfigureAwait(false);
+                if (c.Client is not null) await c.Client.DisposeAsync().ConfigureAwait(false);
+            }
+            catch (Exception) { /* the backup is already failing or falling back; this connection only has to go */ }
+        }
+    }
+
+    private sealed record NbdConnect(NbdClient? Client, NbdEndpoint? Endpoint, IReadOnlyList<NbdEndpoint> Endpoints, Exception? Last);
+
+    /// <summary>Connects to the first endpoint that accepts; the background connections wait for <paramref name="wanted"/>.</summary>
+    private static async Task<NbdConnect> ConnectNbdAsync(BackupRun run, VdiRecord snap, Task<int> wanted, CancellationToken ct)
+    {
+        var endpoints = await NbdEndpoint.GetAsync(run.Session, snap.OpaqueRef, ct).ConfigureAwait(false);
+        Exception? last = null;
+        foreach (var endpoint in endpoints)
+        {
+            try { return new NbdConnect(await NbdClient.ConnectAsync(endpoint.ToClientOptions(run.Options.NbdConnections), wanted, ct).ConfigureAwait(false), endpoint, endpoints, null); }
+            catch (Exception ex) when (ex is not OperationCanceledException && ex is IOException or NbdException or System.Net.Sockets.SocketException)
+            {
+                last = ex; // the next address of the host may work
+            }
+        }
+        return new NbdConnect(null, null, endpoints, last);
     }
 
     private static VdiRecord SnapshotVdi(SnapshotInfo snapshot, BackupDisk disk) =>
@@ -196,34 +256,33 @@ public sealed class CbtStrategy : IBackupStrategy
     /// was written); a failure after connecting throws, since part of the disk is already in the backup.
     /// </summary>
     private static async Task<bool> TryReadOverNbdAsync(BackupRun run, BackupDisk disk, VdiRecord snap, IReadOnlyList<Extent> extents,
-        DiskWriter writer, CancellationToken ct)
+        DiskWriter writer, EarlyNbd? early, CancellationToken ct)
     {
-        var endpoints = await NbdEndpoint.GetAsync(run.Session, snap.OpaqueRef, ct).ConfigureAwait(false);
         long total = extents.Sum(e => e.Length);
         run.Report("Reading", disk.Device, 0, total);
-        Exception? last = null;
-        foreach (var endpoint in endpoints)
+        int connections = ConnectionsFor(total, run.Options.NbdConnections);
+        NbdConnect connect;
+        if (early is not null)
         {
-            NbdClient client;
-            int connections = ConnectionsFor(total, run.Options.NbdConnections);
-            try { client = await NbdClient.ConnectAsync(endpoint.ToClientOptions(connections), ct).ConfigureAwait(false); }
-            catch (Exception ex) when (ex is not OperationCanceledException && ex is IOException or NbdException or System.Net.Sockets.SocketException)
-            {
-                last = ex; // the next address of the host may work
-                continue;
-            }
-            await using (client.ConfigureAwait(false))
-            {
-                run.Observer.OnVerbose($"Disk {disk.Device}: reading {total} bytes in {extents.Count} extents over NBD from {endpoint.Address}:{endpoint.Port} ({connections} connection(s)).");
-                var progress = new Progress(run, disk.Device, total);
-                await client.ReadExtentsAsync(extents, (offset, data, token) => writer.WriteAsync(offset, data, token),
-                    progress, skipZeroes: false, ct).ConfigureAwait(false);
-                run.Report("Reading", disk.Device, total, total);
-                return true;
-            }
+            early.Wanted.TrySetResult(connections);
+            connect = await early.Connect.ConfigureAwait(false);
         }
-        run.Observer.OnVerbose($"NBD for disk {disk.Device} was not reachable at {string.Join(", ", endpoints.Select(e => e.Address + ":" + e.Port))}: {last?.Message}");
-        return false;
+        else connect = await ConnectNbdAsync(run, snap, Task.FromResult(connections), ct).ConfigureAwait(false);
+        if (connect.Client is not { } client)
+        {
+            run.Observer.OnVerbose($"NBD for disk {disk.Device} was not reachable at {string.Join(", ", connect.Endpoints.Select(e => e.Address + ":" + e.Port))}: {connect.Last?.Message}");
+            return false;
+        }
+        await using (client.ConfigureAwait(false))
+        {
+            var endpoint = connect.Endpoint!;
+            run.Observer.OnVerbose($"Disk {disk.Device}: reading {total} bytes in {extents.Count} extents over NBD from {endpoint.Address}:{endpoint.Port} ({connections} connection(s)).");
+            var progress = new Progress(run, disk.Device, total);
+            await client.ReadExtentsAsync(extents, (offset, data, token) => writer.WriteAsync(offset, data, token),
+                progress, skipZeroes: false, ct).ConfigureAwait(false);
+            run.Report("Reading", disk.Device, total, total);
+            return true;
+        }
     }
 
     /// <summary>Bytes to read that justify one more NBD connection (see <see cref="ConnectionsFor"/>).</summary>
