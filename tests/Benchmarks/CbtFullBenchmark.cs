@@ -29,15 +29,8 @@ public sealed class CbtFullBenchmark : IBenchmark
         string repoPath = Path.Combine(context.WorkDirectory, "cbt-full-repo");
         string nbdcopyOut = Path.Combine(context.WorkDirectory, "nbdcopy.raw");
         if (Directory.Exists(repoPath)) Directory.Delete(repoPath, recursive: true);
-        var fills = new List<string>();
-        for (long o = 0; o < size; o += 256 * MiB) fills.Add($"{{ \"offset\": {o}, \"length\": {128 * MiB}, \"seed\": {o / MiB + 1} }}");
-        File.WriteAllText(scenario, $$"""
-            { "base": "empty", "vms": [ { "name": "bench", "powerState": "Halted", "memoryBytes": 1073741824, "vcpus": 1,
-              "disks": [ { "name": "bench disk", "size": {{size}}, "fill": [ {{string.Join(", ", fills)}} ] } ] },
-              { "name": "warm", "powerState": "Halted", "memoryBytes": 1073741824, "vcpus": 1,
-              "disks": [ { "name": "warm disk", "size": {{256 * MiB}}, "fill": [ { "offset": 0, "length": {{128 * MiB}}, "seed": 99 } ] } ] } ] }
-            """);
-        string load = LoadAverage();
+        CbtBenchmarkScenario.Write(scenario, size);
+        string load = CbtBenchmarkScenario.LoadAverage();
         await using var sim = await CbtSimulatorProcess.StartAsync(scenario, ct);
         await using var session = await XapiSession.LoginAsync(sim.Url, sim.User, sim.Password, null, ct);
         try
@@ -117,7 +110,7 @@ public sealed class CbtFullBenchmark : IBenchmark
             var bestCopy = nbdcopyRuns.MinBy(s => s.Wall)!;
             report.WriteLine($"## CBT full backup vs nbdcopy ({size / MiB} MiB disk, 50 % data, best of {rounds})");
             report.WriteLine();
-            report.WriteLine($"{Environment.ProcessorCount} cores; load average before {load}, after {LoadAverage()}. Simulator in its own process; insecure_nbd and plain HTTP; `sync` before each timing; JIT warmed on a 256 MiB VM ({WarmUpRounds} fulls per path and {3 * WarmUpRounds} incrementals). CPU = user + system seconds of each process during the run.");
+            report.WriteLine($"{Environment.ProcessorCount} cores; load average before {load}, after {CbtBenchmarkScenario.LoadAverage()}. Simulator in its own process; insecure_nbd and plain HTTP; `sync` before each timing; JIT warmed on a 256 MiB VM ({WarmUpRounds} fulls per path and {3 * WarmUpRounds} incrementals). CPU = user + system seconds of each process during the run.");
             report.WriteLine();
             report.WriteLine("| Run | Wall s (all rounds) | Best wall s | vs nbdcopy | CPU s: client | CPU s: simulator |");
             report.WriteLine("|---|---|---:|---:|---:|---:|");
@@ -165,7 +158,7 @@ public sealed class CbtFullBenchmark : IBenchmark
     /// <summary>Wall time and CPU seconds of this process (plus reaped children, i.e. nbdcopy) and of the simulator.</summary>
     private static async Task<Sample> MeasureAsync(CbtSimulatorProcess sim, Func<Task<double>> run)
     {
-        Sync();
+        CbtBenchmarkScenario.Sync();
         double self0 = SelfAndChildrenCpu(), sim0 = ProcessCpu(sim.ProcessId);
         var clock = Stopwatch.StartNew();
         await run();
@@ -255,15 +248,4 @@ public sealed class CbtFullBenchmark : IBenchmark
         return [.. new[] { s[..s.IndexOf(' ')], s[(s.IndexOf('(') )..(close + 1)] }, .. s[(close + 2)..].Split(' ')];
     }
 
-    private static string LoadAverage()
-    {
-        try { return string.Join(" ", File.ReadAllText("/proc/loadavg").Split(' ').Take(3)); }
-        catch (IOException) { return "unknown"; }
-    }
-
-    private static void Sync()
-    {
-        using var p = Process.Start(new ProcessStartInfo("sync") { UseShellExecute = false });
-        p?.WaitForExit();
-    }
 }

@@ -36,17 +36,8 @@ public sealed class CbtStrategyBenchmark : IBenchmark
         string repoPath = Path.Combine(context.WorkDirectory, "cbt-repo");
         string nbdcopyOut = Path.Combine(context.WorkDirectory, "nbdcopy.raw");
         if (Directory.Exists(repoPath)) Directory.Delete(repoPath, recursive: true);
-        var fills = new List<string>();
-        for (long o = 0; o < size; o += 256 * MiB) fills.Add($"{{ \"offset\": {o}, \"length\": {128 * MiB}, \"seed\": {o / MiB + 1} }}");
-        // "warm": a 256 MiB VM that every path runs on once, untimed, so neither process (ours, the simulator's) is
-        // timed while the JIT still runs unoptimised code.
-        File.WriteAllText(scenario, $$"""
-            { "base": "empty", "vms": [ { "name": "bench", "powerState": "Halted", "memoryBytes": 1073741824, "vcpus": 1,
-              "disks": [ { "name": "bench disk", "size": {{size}}, "fill": [ {{string.Join(", ", fills)}} ] } ] },
-              { "name": "warm", "powerState": "Halted", "memoryBytes": 1073741824, "vcpus": 1,
-              "disks": [ { "name": "warm disk", "size": {{256 * MiB}}, "fill": [ { "offset": 0, "length": {{128 * MiB}}, "seed": 99 } ] } ] } ] }
-            """);
-        string load = LoadAverage();
+        CbtBenchmarkScenario.Write(scenario, size);
+        string load = CbtBenchmarkScenario.LoadAverage();
         Console.Error.WriteLine($"  starting the simulator ({size / MiB} MiB disk, 50 % filled); load average {load}");
         await using var sim = await CbtSimulatorProcess.StartAsync(scenario, ct);
         await using var session = await XapiSession.LoginAsync(sim.Url, sim.User, sim.Password, null, ct);
@@ -150,7 +141,7 @@ public sealed class CbtStrategyBenchmark : IBenchmark
             }
             double restoreFullBest = restoreFull.Min(r => r.Seconds), restoreChainBest = restoreChain.Min(r => r.Seconds);
             long simPeak = sim.PeakWorkingSet();
-            string loadAfter = LoadAverage();
+            string loadAfter = CbtBenchmarkScenario.LoadAverage();
 
             var ci = CultureInfo.InvariantCulture;
             string F(double v, string fmt = "F2") => v.ToString(fmt, ci);
@@ -202,7 +193,7 @@ public sealed class CbtStrategyBenchmark : IBenchmark
         return $"nbd://{endpoint.Address}:{endpoint.Port}/" + string.Join("/", endpoint.ExportName.Split('/').Select(Uri.EscapeDataString));
     }
 
-    /// <summary>Every timed path once on the small "warm" VM: nbdcopy, NBD full, HTTP full, incremental, restore.</summary>
+    /// <summary>Every timed path on the small "warm" VM, untimed: nbdcopy once, 3 rounds of NBD full, HTTP full and 3 incrementals, one restore.</summary>
     private static async Task WarmUpAsync(CbtSimulatorProcess sim, XapiSession session, BackupRepository repo, BackupEngine nbdEngine, BackupEngine httpEngine,
         Func<XapiSession, string, CancellationToken, Task<string>> uriOf, CancellationToken ct)
     {
@@ -254,7 +245,7 @@ public sealed class CbtStrategyBenchmark : IBenchmark
     private static async Task<Timed<BackupResult>> BackupAsync(BackupEngine engine, XapiSession session, BackupRepository repo, string vmRef,
         BackupOptions options, CancellationToken ct)
     {
-        Sync();
+        CbtBenchmarkScenario.Sync();
         var clock = new StepClock();
         await using var probe = CbtMemoryProbe.Start();
         var result = await engine.RunAsync(session, repo, vmRef, options, clock, ct);
@@ -267,7 +258,7 @@ public sealed class CbtStrategyBenchmark : IBenchmark
     private static async Task<Timed<RestoreResult>> RestoreAsync(RestoreEngine engine, XapiSession session, BackupRepository repo, BackupManifest point,
         CbtSimulatorProcess? hashWith, string expected, CancellationToken ct)
     {
-        Sync();
+        CbtBenchmarkScenario.Sync();
         var clock = new StepClock();
         RestoreResult result;
         double seconds;
@@ -295,7 +286,7 @@ public sealed class CbtStrategyBenchmark : IBenchmark
 
     private static async Task<double> NbdcopyAsync(string uri, string destination, CancellationToken ct)
     {
-        Sync();
+        CbtBenchmarkScenario.Sync();
         File.Delete(destination);
         var psi = new ProcessStartInfo("nbdcopy") { UseShellExecute = false, RedirectStandardError = true };
         foreach (var a in new[] { uri, destination, "--flush" }) psi.ArgumentList.Add(a);
@@ -316,18 +307,6 @@ public sealed class CbtStrategyBenchmark : IBenchmark
         string output = p.StandardOutput.ReadToEnd();
         p.WaitForExit();
         return long.TryParse(output.Split('\t')[0], NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) ? n : -1;
-    }
-
-    private static string LoadAverage()
-    {
-        try { return string.Join(" ", File.ReadAllText("/proc/loadavg").Split(' ').Take(3)); }
-        catch (IOException) { return "unknown"; }
-    }
-
-    private static void Sync()
-    {
-        using var p = Process.Start(new ProcessStartInfo("sync") { UseShellExecute = false });
-        p?.WaitForExit();
     }
 
     /// <summary>Timestamps of each stage the engine reports (Planning, Snapshot, Reading, Committing, …), for the per-step profile.</summary>

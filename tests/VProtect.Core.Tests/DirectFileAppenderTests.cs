@@ -1,5 +1,6 @@
 using VProtect.Core.IO;
 using Xunit;
+using static VProtect.Core.Tests.FileProbe;
 
 namespace VProtect.Core.Tests;
 
@@ -249,20 +250,4 @@ public sealed class DirectFileAppenderTests : IDisposable
 
     private static IEnumerable<string> OpenFiles() =>
         new DirectoryInfo("/proc/self/fd").EnumerateFileSystemInfos().Select(f => f.LinkTarget ?? "").ToList();
-
-    private static string Run(string file, params string[] args)
-    {
-        var psi = new System.Diagnostics.ProcessStartInfo(file) { RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = System.Diagnostics.Process.Start(psi)!;
-        string output = p.StandardOutput.ReadToEnd().Trim();
-        p.WaitForExit();
-        Assert.Equal(0, p.ExitCode);
-        return output;
-    }
-
-    private static string FileSystemType(string path) => Run("stat", "-f", "-c", "%T", path);
-
-    /// <summary>Bytes of the file in the page cache, by util-linux's fincore (mincore(2)).</summary>
-    private static long ResidentBytes(string path) => long.Parse(Run("fincore", "-b", "-n", "-o", "RES", path), System.Globalization.CultureInfo.InvariantCulture);
 }

@@ -1,5 +1,6 @@
 using VProtect.Core.IO;
 using Xunit;
+using static VProtect.Core.Tests.FileProbe;
 
 namespace VProtect.Core.Tests;
 
@@ -202,20 +203,4 @@ public sealed class FileBlockDeviceTests : IDisposable
         RandomAccess.Read(handle, back, 5L * MiB);
         Assert.Equal(Random(305, MiB), back);
     }
-
-    private static string Run(string file, params string[] args)
-    {
-        var psi = new System.Diagnostics.ProcessStartInfo(file) { RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = System.Diagnostics.Process.Start(psi)!;
-        string output = p.StandardOutput.ReadToEnd().Trim();
-        p.WaitForExit();
-        Assert.Equal(0, p.ExitCode);
-        return output;
-    }
-
-    private static string FileSystemType(string path) => Run("stat", "-f", "-c", "%T", path);
-
-    /// <summary>Bytes of the file in the page cache, by util-linux's fincore (mincore(2)).</summary>
-    private static long ResidentBytes(string path) => long.Parse(Run("fincore", "-b", "-n", "-o", "RES", path), System.Globalization.CultureInfo.InvariantCulture);
 }
