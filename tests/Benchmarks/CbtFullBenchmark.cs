@@ -96,10 +96,11 @@ public sealed class CbtFullBenchmark : IBenchmark
                 using var perf = i == rounds - 1 ? PerfRecorder.Start(9, sim.ProcessId) : null;
                 incRuns.Add(await MeasureAsync(sim, async () =>
                 {
-                    var observer = new TimedObserver(); // started with the measured clock
+                    // Started with the measured clock; VP_BENCH_VERBOSE=1 prints the run's timeline.
+                    var observer = new StageTimer(Environment.GetEnvironmentVariable("VP_BENCH_VERBOSE") == "1" ? m => Console.Error.WriteLine("      " + m) : null);
                     var result = await defaultEngine.RunAsync(session, repo, vm, new BackupOptions { Strategy = BackupStrategy.Cbt, Type = BackupType.Incremental }, observer, ct);
                     if (result.Backup.Type != BackupType.Incremental) throw new InvalidOperationException("Expected an incremental: " + result.Backup.FullReason);
-                    observer.OnVerbose("(returned)");
+                    observer.Stop();
                     return 0.0;
                 }));
                 Console.Error.WriteLine($"    {incRuns[^1]}");
@@ -131,23 +132,6 @@ public sealed class CbtFullBenchmark : IBenchmark
             File.Delete(nbdcopyOut);
             File.Delete(scenario);
         }
-    }
-
-    /// <summary>With VP_BENCH_VERBOSE=1, prints each stage and verbose message with the seconds since the run began.</summary>
-    private sealed class TimedObserver : IBackupObserver
-    {
-        private readonly Stopwatch _clock = Stopwatch.StartNew();
-        private readonly bool _print = Environment.GetEnvironmentVariable("VP_BENCH_VERBOSE") == "1";
-        private string? _stage;
-        public void OnProgress(BackupProgress progress)
-        {
-            if (progress.Stage == _stage) return;
-            _stage = progress.Stage;
-            Print("stage " + progress.Stage);
-        }
-        public void OnWarning(string message) => Print("warning: " + message);
-        public void OnVerbose(string message) => Print(message);
-        private void Print(string message) { if (_print) Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"      {_clock.Elapsed.TotalSeconds:F3} {message}")); }
     }
 
     private sealed record Sample(double Wall, double ClientCpu, double SimulatorCpu)

@@ -14,6 +14,10 @@ public sealed class StageTimer : IBackupObserver
     private readonly List<(string Stage, TimeSpan At)> _marks = new();
     private readonly object _gate = new();
     private string? _current;
+    private readonly Action<string>? _log;
+
+    /// <param name="log">Also told each stage, warning and verbose message as it happens, with the seconds since the start.</param>
+    public StageTimer(Action<string>? log = null) => _log = log;
 
     public void OnProgress(BackupProgress progress)
     {
@@ -23,14 +27,21 @@ public sealed class StageTimer : IBackupObserver
             if (stage == _current) return;
             _current = stage;
             _marks.Add((stage, _clock.Elapsed));
+            Log("stage " + stage);
         }
     }
 
-    public void OnWarning(string message) { }
-    public void OnVerbose(string message) { }
+    public void OnWarning(string message) => Log("warning: " + message);
+    public void OnVerbose(string message) => Log(message);
+
+    private void Log(string message) => _log?.Invoke(string.Create(CultureInfo.InvariantCulture, $"{_clock.Elapsed.TotalSeconds:F3} {message}"));
 
     /// <summary>Call when the run returned: closes the last stage.</summary>
-    public void Stop() { lock (_gate) _marks.Add(("(returned)", _clock.Elapsed)); }
+    public void Stop()
+    {
+        lock (_gate) _marks.Add(("(returned)", _clock.Elapsed));
+        Log("(returned)");
+    }
 
     /// <summary>(stage, seconds) in order; a stage seen again later (interleaved progress) is a separate row.</summary>
     public IReadOnlyList<(string Stage, double Seconds)> Steps()

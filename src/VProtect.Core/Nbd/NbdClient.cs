@@ -16,7 +16,6 @@ public sealed partial class NbdClient : IAsyncDisposable
     private int _disposed;
     private readonly CancellationTokenSource _closing = new();
     private Task _extraConnections = Task.CompletedTask;
-    private int _connectionLimit = int.MaxValue;
 
     private NbdClient(NbdClientOptions options, NbdConnection first, int slots)
     {
@@ -60,23 +59,24 @@ public sealed partial class NbdClient : IAsyncDisposable
     /// much it will read: the background connects wait for <paramref name="connectionsWanted"/> and open no more than
     /// it says in all (at most <see cref="NbdClientOptions.Connections"/>; none when it fails or is cancelled).
     /// </summary>
-    public static async Task<NbdClient> ConnectAsync(NbdClientOptions options, Task<int> connectionsWanted, CancellationToken cancellationToken)
+    public static Task<NbdClient> ConnectAsync(NbdClientOptions options, Task<int> connectionsWanted, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(connectionsWanted);
-        return await ConnectCoreAsync(options, connectionsWanted, cancellationToken);
+        return ConnectCoreAsync(options, connectionsWanted, cancellationToken);
     }
 
     private async Task ConnectOthersAsync(Task<int>? connectionsWanted)
     {
         await Task.Yield();
         var ct = _closing.Token;
+        int limit = _connections.Length;
         if (connectionsWanted is not null)
         {
-            try { _connectionLimit = Math.Max(1, await connectionsWanted.WaitAsync(ct)); }
+            try { limit = Math.Min(limit, await connectionsWanted.WaitAsync(ct)); }
             catch (Exception) { return; } // not wanted after all, or closing
         }
         var extra = _options with { ConnectTimeout = TimeSpan.FromTicks(Math.Min(_options.ConnectTimeout.Ticks, TimeSpan.FromSeconds(5).Ticks)) };
-        for (int i = 1; i < _connections.Length && i < _connectionLimit; i++)
+        for (int i = 1; i < limit; i++)
         {
             NbdConnection c;
             // Any failure (refused, cap reached, closing): the pool keeps the connections it has.

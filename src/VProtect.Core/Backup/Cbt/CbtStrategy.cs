@@ -113,79 +113,80 @@ public sealed class CbtStrategy : IBackupStrategy
         if (plan.Type == BackupType.Incremental && snapshotDisks.Count > 0)
         {
             var wanted = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
-            early = new EarlyNbd(snapshotDisks[0].Disk.Key, wanted, ConnectNbdAsync(run, snapshotDisks[0].Snap, wanted.Task, ct));
+            early = new EarlyNbd(wanted, ConnectNbdAsync(run, snapshotDisks[0].Snap, wanted.Task, ct));
         }
         try
         {
-        if (plan.Type == BackupType.Incremental)
-        {
-            changed = new();
+            if (plan.Type == BackupType.Incremental)
+            {
+                changed = new();
+                foreach (var (disk, snap) in snapshotDisks)
+                {
+                    var (extents, reason) = await ChangedExtentsAsync(run, plan.Base!, disk, snap, ct).ConfigureAwait(false);
+                    if (reason is not null)
+                    {
+                        if (run.Options.NoFallback) throw new IncrementalNotPossibleException(run.Vm.NameLabel, reason);
+                        run.Observer.OnWarning($"'{run.Vm.NameLabel}': taking a full backup instead of an incremental: {reason}");
+                        writer.Manifest.Type = BackupType.Full;
+                        writer.Manifest.BaseId = null;
+                        writer.Manifest.FullReason = reason;
+                        changed = null;
+                        break;
+                    }
+                    changed[disk.Key] = extents!;
+                }
+            }
+            // A full instead: the early NBD connection (and its dom0 VBD) goes before the export starts.
+            if (changed is null && early is not null)
+            {
+                await early.DisposeUnusedAsync().ConfigureAwait(false);
+                early = null;
+            }
+
             foreach (var (disk, snap) in snapshotDisks)
             {
-                var (extents, reason) = await ChangedExtentsAsync(run, plan.Base!, disk, snap, ct).ConfigureAwait(false);
-                if (reason is not null)
-                {
-                    if (run.Options.NoFallback) throw new IncrementalNotPossibleException(run.Vm.NameLabel, reason);
-                    run.Observer.OnWarning($"'{run.Vm.NameLabel}': taking a full backup instead of an incremental: {reason}");
-                    writer.Manifest.Type = BackupType.Full;
-                    writer.Manifest.BaseId = null;
-                    writer.Manifest.FullReason = reason;
-                    changed = null;
-                    break;
-                }
-                changed[disk.Key] = extents!;
-            }
-        }
-        // A full instead: the early NBD connection (and its dom0 VBD) goes before the export starts.
-        if (changed is null && early is not null && !early.Taken) await early.Take().DisposeUnusedAsync().ConfigureAwait(false);
-
-        foreach (var (disk, snap) in snapshotDisks)
-        {
-            ct.ThrowIfCancellationRequested();
-            var manifest = new DiskManifest { Key = disk.Key, Device = disk.Device, Name = disk.Vdi.NameLabel, VirtualSize = snap.VirtualSize };
-            manifest.Properties[SnapshotVdiProperty] = snap.Uuid;
-            if (unavailable.TryGetValue(disk.Key, out var why)) manifest.Properties[CbtUnavailableProperty] = why;
-            await using var diskWriter = writer.AddDisk(manifest);
-            if (changed is not null)
-            {
-                manifest.Properties[TransportProperty] = "nbd";
-                var pre = early is not null && early.DiskKey == disk.Key && !early.Taken ? early.Take() : null;
-                if (!await TryReadOverNbdAsync(run, disk, snap, changed[disk.Key], diskWriter, pre, ct).ConfigureAwait(false))
-                    throw new IOException($"Could not connect to NBD for disk {disk.Device} of '{run.Vm.NameLabel}' at any address VDI.get_nbd_info gave; an incremental needs NBD. Check the NBD network (Get-XenNbd) and retry.");
-            }
-            else
-            {
-                var endpoints = FullsOverNbd ? await NbdEndpoint.GetAsync(run.Session, snap.OpaqueRef, ct).ConfigureAwait(false) : Array.Empty<NbdEndpoint>();
-                var whole = new[] { new Extent(0, snap.VirtualSize) };
-                if (endpoints.Count > 0 && await TryReadOverNbdAsync(run, disk, snap, whole, diskWriter, null, ct).ConfigureAwait(false))
+                ct.ThrowIfCancellationRequested();
+                var manifest = new DiskManifest { Key = disk.Key, Device = disk.Device, Name = disk.Vdi.NameLabel, VirtualSize = snap.VirtualSize };
+                manifest.Properties[SnapshotVdiProperty] = snap.Uuid;
+                if (unavailable.TryGetValue(disk.Key, out var why)) manifest.Properties[CbtUnavailableProperty] = why;
+                await using var diskWriter = writer.AddDisk(manifest);
+                if (changed is not null)
                 {
                     manifest.Properties[TransportProperty] = "nbd";
+                    var pre = early; // the first disk's, if any: the read owns it from here
+                    early = null;
+                    if (!await TryReadOverNbdAsync(run, disk, snap, changed[disk.Key], diskWriter, pre, ct).ConfigureAwait(false))
+                        throw new IOException($"Could not connect to NBD for disk {disk.Device} of '{run.Vm.NameLabel}' at any address VDI.get_nbd_info gave; an incremental needs NBD. Check the NBD network (Get-XenNbd) and retry.");
                 }
                 else
                 {
-                    manifest.Properties[TransportProperty] = "http-vhd";
-                    await ReadOverHttpAsync(run, disk, snap, diskWriter, ct).ConfigureAwait(false);
+                    var endpoints = FullsOverNbd ? await NbdEndpoint.GetAsync(run.Session, snap.OpaqueRef, ct).ConfigureAwait(false) : Array.Empty<NbdEndpoint>();
+                    var whole = new[] { new Extent(0, snap.VirtualSize) };
+                    if (endpoints.Count > 0 && await TryReadOverNbdAsync(run, disk, snap, whole, diskWriter, null, ct).ConfigureAwait(false))
+                    {
+                        manifest.Properties[TransportProperty] = "nbd";
+                    }
+                    else
+                    {
+                        manifest.Properties[TransportProperty] = "http-vhd";
+                        await ReadOverHttpAsync(run, disk, snap, diskWriter, ct).ConfigureAwait(false);
+                    }
                 }
+                await diskWriter.CompleteAsync(ct).ConfigureAwait(false);
             }
-            await diskWriter.CompleteAsync(ct).ConfigureAwait(false);
-        }
         }
         finally
         {
-            // Not used (a fallback to a full, a failure): close it.
-            if (early is not null && !early.Taken) await early.Take().DisposeUnusedAsync().ConfigureAwait(false);
+            // Not used (a failure before the first disk's read): close it.
+            if (early is not null) await early.DisposeUnusedAsync().ConfigureAwait(false);
         }
     }
 
     /// <summary>A connect started before the changed blocks were known; <see cref="Wanted"/> gets the connection count.</summary>
-    private sealed class EarlyNbd(string diskKey, TaskCompletionSource<int> wanted, Task<NbdConnect> connect)
+    private sealed class EarlyNbd(TaskCompletionSource<int> wanted, Task<NbdConnect> connect)
     {
-        public string DiskKey { get; } = diskKey;
         public TaskCompletionSource<int> Wanted { get; } = wanted;
         public Task<NbdConnect> Connect { get; } = connect;
-        public bool Taken { get; private set; }
-
-        public EarlyNbd Take() { Taken = true; return this; }
 
         public async Task DisposeUnusedAsync()
         {
